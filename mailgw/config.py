@@ -1,0 +1,263 @@
+"""The configuration file: TOML in, a frozen and validated `Config` out.
+
+Every section is a frozen dataclass whose fields are the keys, with their
+defaults; `load_config` walks the file against those dataclasses so that a wrong
+key, type or value fails at start with one line naming the key
+(``config error: limits.max_recipients: must be an integer >= 1``).
+Relative paths are resolved against the folder of the config file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Config", "ConfigError", "DatabaseConfig", "ListenerConfig", "LimitsConfig",
+    "TLSConfig", "AuthThrottleConfig", "load_config", "parse_config",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator in one line."""
+
+
+def _positive(v):
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices else "must be one of " + ", ".join(
+            repr(c) for c in choices)
+    return check
+
+
+def _networks(values):
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not a valid IPv4 or IPv6 network"
+    return None
+
+
+def _check(fn):
+    return {"check": fn}
+
+
+def _path():
+    return {"path": True}
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    #: ``sqlite:PATH`` (embedded default) or ``postgresql://user:pass@host:port/db``
+    url: str = "sqlite:var/mailgw.sqlite3"
+    #: connections to PostgreSQL (SQLite always uses one writer)
+    pool_size: int = field(default=4, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: str = field(default="", metadata=_path())
+    private_key: str = field(default="", metadata=_path())
+    min_version: str = field(default="1.2", metadata=_check(_one_of("1.2", "1.3")))
+    #: OpenSSL cipher string for TLS <= 1.2; empty means Twisted's safe default
+    ciphers: str = ""
+    #: seconds between checks of the files' modification time (0: never)
+    reload_interval: float = field(default=60.0, metadata=_check(_non_negative))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size_mb: int = field(default=14, metadata=_check(_positive))
+    max_recipients: int = field(default=100, metadata=_check(_positive))
+
+    @property
+    def max_message_size(self) -> int:
+        return self.max_message_size_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    endpoint: str = ""
+    tls: str = field(default="none",
+                     metadata=_check(_one_of("none", "starttls", "implicit")))
+    #: None means "true when tls is not none"
+    auth_requires_tls: bool | None = None
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=_check(_networks))
+    max_connections: int = field(default=1000, metadata=_check(_positive))
+    max_connections_per_ip: int = field(default=50, metadata=_check(_positive))
+    idle_timeout: float = field(default=300.0, metadata=_check(_positive))
+    data_timeout: float = field(default=300.0, metadata=_check(_positive))
+    tls_handshake_timeout: float = field(default=30.0, metadata=_check(_positive))
+
+    @property
+    def requires_tls_for_auth(self) -> bool:
+        if self.auth_requires_tls is None:
+            return self.tls != "none"
+        return self.auth_requires_tls
+
+
+@dataclass(frozen=True)
+class AuthThrottleConfig:
+    max_failures: int = field(default=10, metadata=_check(_positive))
+    window: float = field(default=600.0, metadata=_check(_positive))
+    lockout: float = field(default=900.0, metadata=_check(_non_negative))
+    exempt: tuple[str, ...] = field(default=(), metadata=_check(_networks))
+
+
+@dataclass(frozen=True)
+class Config:
+    #: the name in the greeting, Received headers and CRAM-MD5 challenges
+    hostname: str = field(default_factory=socket.gethostname)
+    #: where bodies are spooled while DATA arrives
+    spool_directory: str = field(default="var/spool", metadata=_path())
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    tls: TLSConfig | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+    auth_throttle: AuthThrottleConfig = field(default_factory=AuthThrottleConfig)
+    #: the file this came from (None when built in code)
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    def database_url(self) -> str:
+        return self.database.url
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate the TOML file at C{path}.
+
+    @raise ConfigError: the file is missing, not TOML, or a key is wrong.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, base=path.resolve().parent, source=str(path))
+
+
+def parse_config(data: dict, base: Path | None = None,
+                 source: str | None = None) -> Config:
+    """Build a L{Config} from already-parsed TOML data."""
+    base = base or Path.cwd()
+    config = _build(Config, data, "", base)
+    config = dataclasses.replace(config, source=source)
+    _cross_checks(config)
+    url = config.database.url
+    if url.startswith("sqlite:"):
+        database = dataclasses.replace(
+            config.database, url="sqlite:" + sqlite_path(url, base))
+        config = dataclasses.replace(config, database=database)
+    return config
+
+
+def _cross_checks(config: Config) -> None:
+    if not config.hostname or any(c.isspace() for c in config.hostname):
+        raise ConfigError("config error: hostname: must be a host name without spaces")
+    for i, listener in enumerate(config.listeners):
+        where = f"listeners[{i}]"
+        if not listener.endpoint:
+            raise ConfigError(f"config error: {where}.endpoint: is required")
+        if listener.tls != "none" and config.tls is None:
+            raise ConfigError(
+                f"config error: {where}.tls: {listener.tls!r} needs a [tls] section")
+        if listener.proxy_protocol and not listener.trusted_proxies:
+            raise ConfigError(
+                f"config error: {where}.trusted_proxies: required when proxy_protocol is true")
+    if config.tls is not None:
+        for key in ("certificate", "private_key"):
+            if not getattr(config.tls, key):
+                raise ConfigError(f"config error: tls.{key}: is required")
+    url = config.database.url
+    if not (url.startswith("sqlite:") or url.startswith("postgresql://")
+            or url.startswith("postgres://")):
+        raise ConfigError(
+            "config error: database.url: must start with sqlite: or postgresql://")
+
+
+def _build(cls, data, prefix: str, base: Path):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: {prefix.rstrip('.') or 'top level'}: must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"config error: {prefix}{key}: unknown key")
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        values[name] = _value(hints[name], data[name], f"{prefix}{name}", base, f.metadata)
+    return cls(**values)
+
+
+def _value(hint, raw, where: str, base: Path, metadata):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)][0]
+        return _value(inner, raw, where, base, metadata)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, raw, where + ".", base)
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise ConfigError(f"config error: {where}: must be a list")
+        item = args[0]
+        if dataclasses.is_dataclass(item):
+            value = tuple(_build(item, r, f"{where}[{i}].", base) for i, r in enumerate(raw))
+        else:
+            value = tuple(_scalar(item, r, f"{where}[{i}]") for i, r in enumerate(raw))
+    else:
+        value = _scalar(hint, raw, where)
+    check = metadata.get("check")
+    problem = check(value) if check else None
+    if problem:
+        raise ConfigError(f"config error: {where}: {problem}")
+    if metadata.get("path") and value:
+        value = str((base / value).resolve()) if not os.path.isabs(value) else value
+    return value
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _scalar(hint, raw, where: str):
+    ok = isinstance(raw, hint) and not (hint is int and isinstance(raw, bool))
+    if hint is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not ok:
+        raise ConfigError(f"config error: {where}: must be {_TYPE_WORDS[hint]}")
+    return raw
+
+
+def sqlite_path(url: str, base: Path | None = None) -> str:
+    """The file of a ``sqlite:PATH`` URL (``sqlite:///abs`` and ``sqlite:rel`` both work)."""
+    path = url[len("sqlite:"):]
+    if path.startswith("///"):
+        path = path[2:]
+    elif path.startswith("//"):
+        path = path[2:]
+    if path == ":memory:":
+        return path
+    if base is not None and not os.path.isabs(path):
+        path = str((base / path).resolve())
+    return path

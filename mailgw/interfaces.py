@@ -1,0 +1,171 @@
+"""The interfaces between the gateway's rooms.
+
+The SMTP side reaches the store only through L{IDirectory} (tenancy look-ups)
+and L{IQueue} (durable enqueue); the command line through L{IAdmin}. Every
+method returns a Deferred. A Deferred that fails with L{StoreUnavailable} means
+the database could not be reached or the transaction did not commit: the SMTP
+side answers 451 and nothing was half-written.
+"""
+from zope.interface import Attribute, Interface
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer or the transaction did not commit."""
+
+
+class NotFound(StoreError, LookupError):
+    """A named thing (organization, server, credential, …) does not exist."""
+
+
+class Conflict(StoreError, ValueError):
+    """The change would break a uniqueness or ownership rule."""
+
+
+class IDirectory(Interface):
+    """Tenancy look-ups on the SMTP and HTTP hot paths. Always current: a change
+    made by the command line or another node is seen by the next call."""
+
+    def credential_by_key(key, type):
+        """The credential of type C{type} ("smtp" or "api") whose key is C{key}.
+
+        The look-up goes by a digest of the key and the key is then compared in
+        constant time.
+        @return: Deferred firing with C{(Credential, Server)} or C{None}.
+        """
+
+    def credentials_of_server(organization, server, type):
+        """A server by its permalinks, with its credentials of C{type}.
+
+        @return: Deferred firing with C{(Server, [Credential, ...])} or C{None}
+            when there is no such server.
+        """
+
+    def credential_for_address(address):
+        """The C{smtp-ip} credential whose network holds C{address} (a str IPv4
+        or IPv6 address); the most specific network wins, and an IPv4 network
+        holds an IPv4-mapped IPv6 address.
+
+        @return: Deferred firing with C{(Credential, Server)} or C{None}.
+        """
+
+    def server_by_id(server_id):
+        """@return: Deferred firing with the current L{Server} or C{None}."""
+
+    def authorised_domains(server_id):
+        """The verified domains a server may send as (its own and its
+        organization's, normalised), and whether it owns a verified
+        C{use_for_any} domain.
+
+        @return: Deferred firing with C{(frozenset of names, bool)}.
+        """
+
+    def touch_credential(credential_id, when):
+        """Record C{when} (epoch seconds) as the credential's C{last_used_at}.
+
+        @return: Deferred firing with C{None}.
+        """
+
+    def messages_since(server_id, since):
+        """@return: Deferred firing with the number of messages the server has
+        had accepted since C{since} (epoch seconds)."""
+
+
+class IQueue(Interface):
+    """The durable queue of accepted messages."""
+
+    def enqueue(envelope, body_path):
+        """Store the body read from the file C{body_path} and one queue entry
+        per recipient of C{envelope} (a L{mailgw.model.MessageEnvelope}), in one
+        transaction. When the Deferred fires the commit is durable.
+
+        @return: Deferred firing with C{{rcpt: queue entry id}}.
+        """
+
+    def list_entries(status=None, server=None, limit=None):
+        """Queue entries, oldest first, optionally filtered by status and by
+        server full name (C{"org/server"}).
+
+        @return: Deferred firing with a list of L{mailgw.model.QueueEntry}.
+        """
+
+    def get_entry(entry_id):
+        """@return: Deferred firing with a L{mailgw.model.QueueEntry}.
+        @raise NotFound: (as a failure) no such entry."""
+
+    def read_body(message_id):
+        """@return: Deferred firing with the stored message bytes."""
+
+
+class IAdmin(Interface):
+    """The operator's changes to the tenancy model (the C{mailgw} command)."""
+
+    def upgrade():
+        """Apply the schema files not yet applied, in order.
+        @return: Deferred firing with the list of versions applied."""
+
+    def add_organization(permalink, name):
+        """@return: Deferred firing with the new L{mailgw.model.Organization}."""
+
+    def list_organizations():
+        """@return: Deferred firing with a list of organizations."""
+
+    def set_organization_suspended(permalink, suspended):
+        """@return: Deferred firing with the updated organization."""
+
+    def add_server(organization, permalink, name, **flags):
+        """@return: Deferred firing with the new L{mailgw.model.Server}."""
+
+    def update_server(organization, permalink, **changes):
+        """Change flags (allow_sender_header, privacy_mode, mode, send_limit,
+        suspended). @return: Deferred firing with the updated server."""
+
+    def get_server(organization, permalink):
+        """@return: Deferred firing with the server.
+        @raise NotFound: (as a failure) no such server."""
+
+    def list_servers(organization=None):
+        """@return: Deferred firing with a list of servers."""
+
+    def add_domain(name, server=None, organization=None, verified=False,
+                   use_for_any=False):
+        """Add a domain owned by C{server} (C{(org, server)}) or by
+        C{organization} (a permalink). @return: Deferred firing with the
+        L{mailgw.model.Domain}."""
+
+    def list_domains(server=None, organization=None):
+        """@return: Deferred firing with a list of domains."""
+
+    def set_domain_verified(domain_id, verified):
+        """@return: Deferred firing with the updated domain."""
+
+    def remove_domain(domain_id):
+        """@return: Deferred firing with C{None}."""
+
+    def add_credential(server, type, key, name="", hold=False):
+        """@param server: C{(org, server)} permalinks.
+        @return: Deferred firing with the new L{mailgw.model.Credential}."""
+
+    def list_credentials(server):
+        """@return: Deferred firing with the credentials of C{(org, server)}."""
+
+    def set_credential_hold(credential_id, hold):
+        """@return: Deferred firing with the updated credential."""
+
+    def remove_credential(credential_id):
+        """@return: Deferred firing with C{None}."""
+
+
+class IStore(IDirectory, IQueue, IAdmin):
+    """One engine (SQLite or PostgreSQL) behind every store interface."""
+
+    engine = Attribute("'sqlite' or 'postgresql'")
+
+    def start():
+        """Open the connections. @return: Deferred firing when ready."""
+
+    def close():
+        """Close the connections. @return: Deferred firing when closed."""

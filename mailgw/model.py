@@ -1,0 +1,124 @@
+"""Frozen values of the tenancy model and the queue (spec §1 and §8).
+
+These are what the store hands out; nothing here talks to a database. A
+credential's key is kept out of every repr, so that a value logged by mistake
+does not leak a secret.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from dataclasses import dataclass, field
+
+PERMALINK_RE = re.compile(r"^[a-z0-9-]+\Z")
+
+CREDENTIAL_TYPES = ("smtp", "smtp-ip", "api")
+SERVER_MODES = ("live", "development")
+QUEUE_STATUSES = ("queued", "sent", "failed", "held")
+
+_KEY_ALPHABET = string.ascii_letters + string.digits
+_TOKEN_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def generate_key(length: int = 24) -> str:
+    """A credential key: C{length} characters of [A-Za-z0-9] from a CSPRNG."""
+    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(length))
+
+
+def generate_token(length: int = 8) -> str:
+    """A trace id or queue id: C{length} characters of [A-Z0-9] from a CSPRNG."""
+    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(length))
+
+
+def valid_permalink(value: str) -> bool:
+    return bool(PERMALINK_RE.match(value))
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: int
+    permalink: str
+    name: str
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class Server:
+    id: int
+    organization_id: int
+    organization_permalink: str
+    permalink: str
+    name: str
+    allow_sender_header: bool = False
+    privacy_mode: bool = False
+    mode: str = "live"
+    suspended: bool = False
+    organization_suspended: bool = False
+    send_limit: int | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.organization_permalink}/{self.permalink}"
+
+    @property
+    def is_suspended(self) -> bool:
+        return self.suspended or self.organization_suspended
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: int
+    name: str
+    server_id: int | None
+    organization_id: int | None
+    verified: bool = False
+    use_for_any: bool = False
+    #: "org/server" or "org", for display
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class Credential:
+    id: int
+    server_id: int
+    type: str
+    key: str = field(repr=False)
+    name: str = ""
+    hold: bool = False
+    last_used_at: float | None = None
+
+
+@dataclass(frozen=True)
+class MessageEnvelope:
+    """What is known of an accepted message before it is committed."""
+    token: str
+    server_id: int
+    credential_id: int | None
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    sender_domain: str | None
+    protocol: str
+    #: the status every recipient row starts in: "queued", or "held" with a reason
+    status: str = "queued"
+    hold_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: int
+    message_id: int
+    token: str
+    server: str
+    server_id: int
+    credential_id: int | None
+    mail_from: str
+    rcpt_to: str
+    status: str
+    size: int
+    domain: str | None
+    created_at: float
+    hold_reason: str | None = None
+    attempts: int = 0
+    next_attempt_at: float | None = None
+    last_error: str | None = None

@@ -1,0 +1,548 @@
+"""The store's logic, written once for every engine.
+
+Each operation is a generator function: it yields L{Q} statements (portable
+SQL with C{?} placeholders) and receives their rows back. An engine runs the
+whole generator inside one transaction: SQLite on its writer thread, PostgreSQL
+on a txpostgres connection, each statement a Deferred. The generator's return
+value is the operation's result; an exception rolls the transaction back.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from dataclasses import dataclass
+from importlib import resources
+
+from zope.interface import implementer
+
+from mailgw.address import normalise_domain
+from mailgw.interfaces import Conflict, IStore, NotFound
+from mailgw.model import (
+    Credential, Domain, Organization, QueueEntry, Server,
+)
+
+#: bodies are stored in pieces of this size, so that no step holds a whole
+#: large message in memory
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Q:
+    """One statement of a transaction."""
+    sql: str
+    params: tuple = ()
+
+
+def key_digest(key: str) -> str:
+    """What credentials are looked up by: the key itself never meets an index."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def schema_files(engine: str) -> list[tuple[int, str]]:
+    """The (version, SQL text) pairs shipped for C{engine}, in order."""
+    folder = resources.files("mailgw.store") / "schema" / engine
+    found = []
+    for item in folder.iterdir():
+        name = item.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), item.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a schema file: split at semicolons that end a line."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    parts, current = [], []
+    for line in lines:
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            parts.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        parts.append(tail)
+    return [p for p in parts if p]
+
+
+_SERVER_COLUMNS = (
+    "s.id, s.organization_id, o.permalink, s.permalink, s.name, "
+    "s.allow_sender_header, s.privacy_mode, s.mode, s.suspended, o.suspended, "
+    "s.send_limit")
+_SERVER_FROM = "servers s JOIN organizations o ON o.id = s.organization_id"
+_SERVER_JOIN = ("JOIN servers s ON s.id = c.server_id "
+                "JOIN organizations o ON o.id = s.organization_id")
+_CREDENTIAL_COLUMNS = "c.id, c.server_id, c.type, c.key, c.name, c.hold, c.last_used_at"
+_QUEUE_SELECT = (
+    "SELECT q.id, q.message_id, m.token, o.permalink || '/' || s.permalink, "
+    "m.server_id, m.credential_id, m.mail_from, q.rcpt_to, q.status, m.size, "
+    "m.sender_domain, q.created_at, q.hold_reason, q.attempts, q.next_attempt_at, "
+    "q.last_error FROM queue q JOIN messages m ON m.id = q.message_id "
+    "JOIN servers s ON s.id = m.server_id "
+    "JOIN organizations o ON o.id = s.organization_id")
+
+
+def _server(row) -> Server:
+    return Server(
+        id=row[0], organization_id=row[1], organization_permalink=row[2],
+        permalink=row[3], name=row[4], allow_sender_header=bool(row[5]),
+        privacy_mode=bool(row[6]), mode=row[7], suspended=bool(row[8]),
+        organization_suspended=bool(row[9]), send_limit=row[10])
+
+
+def _credential(row) -> Credential:
+    return Credential(id=row[0], server_id=row[1], type=row[2], key=row[3],
+                      name=row[4], hold=bool(row[5]), last_used_at=row[6])
+
+
+def _organization(row) -> Organization:
+    return Organization(id=row[0], permalink=row[1], name=row[2],
+                        suspended=bool(row[3]))
+
+
+def _domain(row) -> Domain:
+    return Domain(id=row[0], name=row[1], server_id=row[2], organization_id=row[3],
+                  verified=bool(row[4]), use_for_any=bool(row[5]), owner=row[6])
+
+
+def _entry(row) -> QueueEntry:
+    return QueueEntry(
+        id=row[0], message_id=row[1], token=row[2], server=row[3], server_id=row[4],
+        credential_id=row[5], mail_from=row[6], rcpt_to=row[7], status=row[8],
+        size=row[9], domain=row[10], created_at=row[11], hold_reason=row[12],
+        attempts=row[13], next_attempt_at=row[14], last_error=row[15])
+
+
+def most_specific_network(address: str, candidates):
+    """Of C{(network text, value)} pairs, the value whose network holds
+    C{address} with the longest prefix (IPv4 networks also hold IPv4-mapped
+    IPv6 addresses); C{None} when none does."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    best, best_len = None, -1
+    for text, value in candidates:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if network.version == ip.version and ip in network and network.prefixlen > best_len:
+            best, best_len = value, network.prefixlen
+    return best
+
+
+# -- the directory (hot path) ---------------------------------------------
+
+def _credential_by_key(key, type):
+    rows = yield Q(
+        f"SELECT {_CREDENTIAL_COLUMNS}, {_SERVER_COLUMNS} FROM credentials c "
+        f"{_SERVER_JOIN} "
+        "WHERE c.key_digest = ? AND c.type = ?", (key_digest(key), type))
+    if not rows:
+        return None
+    credential = _credential(rows[0][:7])
+    if not hmac.compare_digest(credential.key.encode(), key.encode()):
+        return None
+    return credential, _server(rows[0][7:])
+
+
+def _credentials_of_server(organization, server, type):
+    found = yield from _find_server(organization, server)
+    if found is None:
+        return None
+    rows = yield Q(f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c "
+                   "WHERE c.server_id = ? AND c.type = ? ORDER BY c.id",
+                   (found.id, type))
+    return found, [_credential(r) for r in rows]
+
+
+def _ip_credentials():
+    rows = yield Q(
+        f"SELECT {_CREDENTIAL_COLUMNS}, {_SERVER_COLUMNS} FROM credentials c "
+        f"{_SERVER_JOIN} WHERE c.type = 'smtp-ip'")
+    return [(_credential(r[:7]), _server(r[7:])) for r in rows]
+
+
+def _find_server(organization, permalink):
+    rows = yield Q(f"SELECT {_SERVER_COLUMNS} FROM {_SERVER_FROM} "
+                   "WHERE o.permalink = ? AND s.permalink = ?",
+                   (organization, permalink))
+    return _server(rows[0]) if rows else None
+
+
+def _server_by_id(server_id):
+    rows = yield Q(f"SELECT {_SERVER_COLUMNS} FROM {_SERVER_FROM} WHERE s.id = ?",
+                   (server_id,))
+    return _server(rows[0]) if rows else None
+
+
+def _authorised_domains(server_id):
+    rows = yield Q(
+        "SELECT d.name, d.use_for_any, d.server_id FROM domains d "
+        "WHERE d.verified = ? AND (d.server_id = ? OR d.organization_id = "
+        "(SELECT organization_id FROM servers WHERE id = ?))",
+        (True, server_id, server_id))
+    names = frozenset(r[0] for r in rows)
+    any_domain = any(bool(r[1]) and r[2] == server_id for r in rows)
+    return names, any_domain
+
+
+def _touch_credential(credential_id, when):
+    yield Q("UPDATE credentials SET last_used_at = ? WHERE id = ?",
+            (when, credential_id))
+
+
+def _messages_since(server_id, since):
+    rows = yield Q("SELECT count(*) FROM messages WHERE server_id = ? AND created_at >= ?",
+                   (server_id, since))
+    return rows[0][0]
+
+
+# -- the queue ----------------------------------------------------------------
+
+def _enqueue(envelope, body_path, now):
+    rows = yield Q(
+        "INSERT INTO messages (token, server_id, credential_id, mail_from, "
+        "sender_domain, protocol, size, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+        "RETURNING id",
+        (envelope.token, envelope.server_id, envelope.credential_id,
+         envelope.mail_from, envelope.sender_domain, envelope.protocol, now))
+    message_id = rows[0][0]
+    size = 0
+    with open(body_path, "rb") as body:
+        seq = 0
+        while chunk := body.read(CHUNK_SIZE):
+            yield Q("INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
+                    (message_id, seq, chunk))
+            size += len(chunk)
+            seq += 1
+    yield Q("UPDATE messages SET size = ? WHERE id = ?", (size, message_id))
+    ids = {}
+    for rcpt in envelope.rcpt_to:
+        rows = yield Q(
+            "INSERT INTO queue (message_id, rcpt_to, status, hold_reason, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
+            (message_id, rcpt, envelope.status, envelope.hold_reason, now, now, now))
+        ids[rcpt] = rows[0][0]
+    return ids
+
+
+def _list_entries(status, server, limit):
+    where, params = [], []
+    if status is not None:
+        where.append("q.status = ?")
+        params.append(status)
+    if server is not None:
+        org, _, srv = server.partition("/")
+        where.append("o.permalink = ? AND s.permalink = ?")
+        params += [org, srv]
+    sql = _QUEUE_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY q.id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    rows = yield Q(sql, tuple(params))
+    return [_entry(r) for r in rows]
+
+
+def _get_entry(entry_id):
+    rows = yield Q(_QUEUE_SELECT + " WHERE q.id = ?", (entry_id,))
+    if not rows:
+        raise NotFound(f"no queue entry {entry_id}")
+    return _entry(rows[0])
+
+
+def _read_body(message_id):
+    rows = yield Q("SELECT data FROM message_chunks WHERE message_id = ? ORDER BY seq",
+                   (message_id,))
+    return b"".join(bytes(r[0]) for r in rows)
+
+
+# -- administration --------------------------------------------------------------
+
+def _require_server(organization, permalink):
+    found = yield from _find_server(organization, permalink)
+    if found is None:
+        raise NotFound(f"no server {organization}/{permalink}")
+    return found
+
+
+def _require_organization(permalink):
+    rows = yield Q("SELECT id, permalink, name, suspended FROM organizations "
+                   "WHERE permalink = ?", (permalink,))
+    if not rows:
+        raise NotFound(f"no organization {permalink}")
+    return _organization(rows[0])
+
+
+def _add_organization(permalink, name, now):
+    rows = yield Q("SELECT 1 FROM organizations WHERE permalink = ?", (permalink,))
+    if rows:
+        raise Conflict(f"organization {permalink} already exists")
+    rows = yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
+                   "VALUES (?, ?, ?, ?) RETURNING id, permalink, name, suspended",
+                   (permalink, name, False, now))
+    return _organization(rows[0])
+
+
+def _list_organizations():
+    rows = yield Q("SELECT id, permalink, name, suspended FROM organizations ORDER BY permalink")
+    return [_organization(r) for r in rows]
+
+
+def _set_organization_suspended(permalink, suspended):
+    org = yield from _require_organization(permalink)
+    yield Q("UPDATE organizations SET suspended = ? WHERE id = ?", (suspended, org.id))
+    return (yield from _require_organization(permalink))
+
+
+_SERVER_FLAGS = ("allow_sender_header", "privacy_mode", "mode", "send_limit", "suspended")
+
+
+def _add_server(organization, permalink, name, flags, now):
+    org = yield from _require_organization(organization)
+    existing = yield from _find_server(organization, permalink)
+    if existing is not None:
+        raise Conflict(f"server {organization}/{permalink} already exists")
+    yield Q("INSERT INTO servers (organization_id, permalink, name, allow_sender_header, "
+            "privacy_mode, mode, suspended, send_limit, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (org.id, permalink, name, bool(flags.get("allow_sender_header", False)),
+             bool(flags.get("privacy_mode", False)), flags.get("mode", "live"),
+             bool(flags.get("suspended", False)), flags.get("send_limit"), now))
+    return (yield from _require_server(organization, permalink))
+
+
+def _update_server(organization, permalink, changes):
+    server = yield from _require_server(organization, permalink)
+    for column, value in changes.items():
+        if column not in _SERVER_FLAGS:
+            raise ValueError(f"not a server setting: {column}")
+        yield Q(f"UPDATE servers SET {column} = ? WHERE id = ?", (value, server.id))
+    return (yield from _require_server(organization, permalink))
+
+
+def _list_servers(organization):
+    sql = f"SELECT {_SERVER_COLUMNS} FROM {_SERVER_FROM}"
+    params = ()
+    if organization is not None:
+        yield from _require_organization(organization)
+        sql += " WHERE o.permalink = ?"
+        params = (organization,)
+    rows = yield Q(sql + " ORDER BY o.permalink, s.permalink", params)
+    return [_server(r) for r in rows]
+
+
+_DOMAIN_SELECT = (
+    "SELECT d.id, d.name, d.server_id, d.organization_id, d.verified, d.use_for_any, "
+    "CASE WHEN d.server_id IS NULL THEN o.permalink "
+    "ELSE so.permalink || '/' || s.permalink END "
+    "FROM domains d LEFT JOIN organizations o ON o.id = d.organization_id "
+    "LEFT JOIN servers s ON s.id = d.server_id "
+    "LEFT JOIN organizations so ON so.id = s.organization_id")
+
+
+def _add_domain(name, server, organization, verified, use_for_any, now):
+    normal = normalise_domain(name)
+    if normal is None:
+        raise ValueError(f"not a valid domain name: {name!r}")
+    if (server is None) == (organization is None):
+        raise ValueError("a domain is owned by a server or by an organization")
+    if server is not None:
+        owner = yield from _require_server(*server)
+        column, owner_id = "server_id", owner.id
+    else:
+        if use_for_any:
+            raise ValueError("use_for_any applies only to a server's domain")
+        owner = yield from _require_organization(organization)
+        column, owner_id = "organization_id", owner.id
+    rows = yield Q(f"SELECT 1 FROM domains WHERE name = ? AND {column} = ?",
+                   (normal, owner_id))
+    if rows:
+        raise Conflict(f"domain {normal} already exists for that owner")
+    rows = yield Q(f"INSERT INTO domains (name, {column}, verified, use_for_any, created_at) "
+                   "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                   (normal, owner_id, bool(verified), bool(use_for_any), now))
+    return (yield from _get_domain(rows[0][0]))
+
+
+def _get_domain(domain_id):
+    rows = yield Q(_DOMAIN_SELECT + " WHERE d.id = ?", (domain_id,))
+    if not rows:
+        raise NotFound(f"no domain {domain_id}")
+    return _domain(rows[0])
+
+
+def _list_domains(server, organization):
+    sql, params = _DOMAIN_SELECT, ()
+    if server is not None:
+        owner = yield from _require_server(*server)
+        sql += " WHERE d.server_id = ?"
+        params = (owner.id,)
+    elif organization is not None:
+        org = yield from _require_organization(organization)
+        sql += " WHERE d.organization_id = ?"
+        params = (org.id,)
+    rows = yield Q(sql + " ORDER BY d.name, d.id", params)
+    return [_domain(r) for r in rows]
+
+
+def _set_domain_verified(domain_id, verified):
+    yield from _get_domain(domain_id)
+    yield Q("UPDATE domains SET verified = ? WHERE id = ?", (bool(verified), domain_id))
+    return (yield from _get_domain(domain_id))
+
+
+def _remove_domain(domain_id):
+    yield from _get_domain(domain_id)
+    yield Q("DELETE FROM domains WHERE id = ?", (domain_id,))
+
+
+def _add_credential(server, type, key, name, hold, now):
+    owner = yield from _require_server(*server)
+    rows = yield Q("SELECT 1 FROM credentials WHERE key_digest = ?", (key_digest(key),))
+    if rows:
+        raise Conflict("a credential with that key already exists")
+    rows = yield Q("INSERT INTO credentials (server_id, type, key, key_digest, name, hold, "
+                   "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                   (owner.id, type, key, key_digest(key), name, bool(hold), now))
+    return (yield from _get_credential(rows[0][0]))
+
+
+def _get_credential(credential_id):
+    rows = yield Q(f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c WHERE c.id = ?",
+                   (credential_id,))
+    if not rows:
+        raise NotFound(f"no credential {credential_id}")
+    return _credential(rows[0])
+
+
+def _list_credentials(server):
+    owner = yield from _require_server(*server)
+    rows = yield Q(f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c "
+                   "WHERE c.server_id = ? ORDER BY c.id", (owner.id,))
+    return [_credential(r) for r in rows]
+
+
+def _set_credential_hold(credential_id, hold):
+    yield from _get_credential(credential_id)
+    yield Q("UPDATE credentials SET hold = ? WHERE id = ?", (bool(hold), credential_id))
+    return (yield from _get_credential(credential_id))
+
+
+def _remove_credential(credential_id):
+    yield from _get_credential(credential_id)
+    yield Q("DELETE FROM credentials WHERE id = ?", (credential_id,))
+
+
+@implementer(IStore)
+class Store:
+    """Every store interface over one engine.
+
+    Subclasses provide C{engine}, C{start}, C{close}, C{upgrade} and
+    C{_run(generator_function, *args)}, which runs one transaction and returns
+    a Deferred of the generator's return value (failing with StoreUnavailable
+    when the database is out of reach).
+    """
+
+    engine = None
+
+    def __init__(self, clock):
+        self._clock = clock
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _run(self, fn, *args):
+        raise NotImplementedError
+
+    def _read(self, fn, *args):
+        """A transaction that only reads (an engine may run it elsewhere)."""
+        return self._run(fn, *args)
+
+    # IDirectory
+    def credential_by_key(self, key, type):
+        return self._read(_credential_by_key, key, type)
+
+    def credentials_of_server(self, organization, server, type):
+        return self._read(_credentials_of_server, organization, server, type)
+
+    def credential_for_address(self, address):
+        d = self._read(_ip_credentials)
+        d.addCallback(lambda pairs: most_specific_network(
+            address, [(c.key, (c, s)) for c, s in pairs]))
+        return d
+
+    def server_by_id(self, server_id):
+        return self._read(_server_by_id, server_id)
+
+    def authorised_domains(self, server_id):
+        return self._read(_authorised_domains, server_id)
+
+    def touch_credential(self, credential_id, when):
+        return self._run(_touch_credential, credential_id, when)
+
+    def messages_since(self, server_id, since):
+        return self._read(_messages_since, server_id, since)
+
+    # IQueue
+    def enqueue(self, envelope, body_path):
+        return self._run(_enqueue, envelope, body_path, self._now())
+
+    def list_entries(self, status=None, server=None, limit=None):
+        return self._read(_list_entries, status, server, limit)
+
+    def get_entry(self, entry_id):
+        return self._read(_get_entry, entry_id)
+
+    def read_body(self, message_id):
+        return self._read(_read_body, message_id)
+
+    # IAdmin
+    def add_organization(self, permalink, name):
+        return self._run(_add_organization, permalink, name, self._now())
+
+    def list_organizations(self):
+        return self._read(_list_organizations)
+
+    def set_organization_suspended(self, permalink, suspended):
+        return self._run(_set_organization_suspended, permalink, bool(suspended))
+
+    def add_server(self, organization, permalink, name, **flags):
+        return self._run(_add_server, organization, permalink, name, flags, self._now())
+
+    def update_server(self, organization, permalink, **changes):
+        return self._run(_update_server, organization, permalink, changes)
+
+    def get_server(self, organization, permalink):
+        return self._read(_require_server, organization, permalink)
+
+    def list_servers(self, organization=None):
+        return self._read(_list_servers, organization)
+
+    def add_domain(self, name, server=None, organization=None, verified=False,
+                   use_for_any=False):
+        return self._run(_add_domain, name, server, organization, verified,
+                         use_for_any, self._now())
+
+    def list_domains(self, server=None, organization=None):
+        return self._read(_list_domains, server, organization)
+
+    def set_domain_verified(self, domain_id, verified):
+        return self._run(_set_domain_verified, domain_id, verified)
+
+    def remove_domain(self, domain_id):
+        return self._run(_remove_domain, domain_id)
+
+    def add_credential(self, server, type, key, name="", hold=False):
+        return self._run(_add_credential, server, type, key, name, hold, self._now())
+
+    def list_credentials(self, server):
+        return self._read(_list_credentials, server)
+
+    def set_credential_hold(self, credential_id, hold):
+        return self._run(_set_credential_hold, credential_id, hold)
+
+    def remove_credential(self, credential_id):
+        return self._run(_remove_credential, credential_id)
