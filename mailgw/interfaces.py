@@ -77,8 +77,9 @@ class IDirectory(Interface):
 class IQueue(Interface):
     """The durable queue of accepted messages."""
 
-    def enqueue(envelope, body_path):
-        """Store the body read from the file C{body_path} and one queue entry
+    def enqueue(envelope, body):
+        """Store the body read from C{body} (a binary file object, read from its
+        start; the engine may read it on another thread) and one queue entry
         per recipient of C{envelope} (a L{mailgw.model.MessageEnvelope}), in one
         transaction. When the Deferred fires the commit is durable.
 

@@ -200,7 +200,7 @@ def _messages_since(server_id, since):
 
 # -- the queue ----------------------------------------------------------------
 
-def _enqueue(envelope, body_path, now):
+def _enqueue(envelope, body, now):
     rows = yield Q(
         "INSERT INTO messages (token, server_id, credential_id, mail_from, "
         "sender_domain, protocol, size, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
@@ -209,13 +209,13 @@ def _enqueue(envelope, body_path, now):
          envelope.mail_from, envelope.sender_domain, envelope.protocol, now))
     message_id = rows[0][0]
     size = 0
-    with open(body_path, "rb") as body:
-        seq = 0
-        while chunk := body.read(CHUNK_SIZE):
-            yield Q("INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
-                    (message_id, seq, chunk))
-            size += len(chunk)
-            seq += 1
+    body.seek(0)
+    seq = 0
+    while chunk := body.read(CHUNK_SIZE):
+        yield Q("INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
+                (message_id, seq, chunk))
+        size += len(chunk)
+        seq += 1
     yield Q("UPDATE messages SET size = ? WHERE id = ?", (size, message_id))
     ids = {}
     for rcpt in envelope.rcpt_to:
@@ -487,8 +487,8 @@ class Store:
         return self._read(_messages_since, server_id, since)
 
     # IQueue
-    def enqueue(self, envelope, body_path):
-        return self._run(_enqueue, envelope, body_path, self._now())
+    def enqueue(self, envelope, body):
+        return self._run(_enqueue, envelope, body, self._now())
 
     def list_entries(self, status=None, server=None, limit=None):
         return self._read(_list_entries, status, server, limit)
