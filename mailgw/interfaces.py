@@ -37,6 +37,12 @@ class IDirectory(Interface):
         @return: Deferred firing with C{(Credential, Server)} or C{None}.
         """
 
+    def credential_by_id(credential_id):
+        """The credential with that id and its server, as they are now.
+
+        @return: Deferred firing with C{(Credential, Server)} or C{None}.
+        """
+
     def credentials_of_server(organization, server, type):
         """A server by its permalinks, with its credentials of C{type}.
 
@@ -170,3 +176,33 @@ class IStore(IDirectory, IQueue, IAdmin):
 
     def close():
         """Close the connections. @return: Deferred firing when closed."""
+
+
+class ISubmissionDelivery(Interface):
+    """The avatar of an authenticated SMTP session, bound to one tenant server.
+
+    Twisted's C{IMessageDelivery} hands out one C{IMessage} per recipient and
+    feeds it line by line; a submission gateway stores one copy per message
+    and streams the body in chunks, so the avatar speaks in transactions.
+    """
+
+    identity = Attribute("the mailgw.auth.checkers.Identity it acts for")
+
+    def check_recipient(address):
+        """May the session's server send now? Re-reads the server, so a
+        suspension applies to the next RCPT.
+
+        @return: Deferred firing with None, or failing with an SMTPReply
+            (C{535 Mail server has been suspended}).
+        """
+
+    def open_message(mail_from, recipients):
+        """Start receiving the body of one message.
+
+        @return: an object with C{write(bytes)}, C{finish()} (Deferred firing
+            with the queue id once committed, or failing with an SMTPReply)
+            and C{abort()}.
+        """
+
+    def logout():
+        """The session ended or re-authenticated."""

@@ -146,6 +146,15 @@ def _credential_by_key(key, type):
     return credential, _server(rows[0][7:])
 
 
+def _credential_by_id(credential_id):
+    rows = yield Q(
+        f"SELECT {_CREDENTIAL_COLUMNS}, {_SERVER_COLUMNS} FROM credentials c "
+        f"{_SERVER_JOIN} WHERE c.id = ?", (credential_id,))
+    if not rows:
+        return None
+    return _credential(rows[0][:7]), _server(rows[0][7:])
+
+
 def _credentials_of_server(organization, server, type):
     found = yield from _find_server(organization, server)
     if found is None:
@@ -464,6 +473,9 @@ class Store:
     # IDirectory
     def credential_by_key(self, key, type):
         return self._read(_credential_by_key, key, type)
+
+    def credential_by_id(self, credential_id):
+        return self._read(_credential_by_id, credential_id)
 
     def credentials_of_server(self, organization, server, type):
         return self._read(_credentials_of_server, organization, server, type)

@@ -1,0 +1,65 @@
+"""The listener's protocol factory: per-listener settings, the portal, the TLS
+options, and the connection caps (global and per client address)."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from twisted.internet.protocol import Factory
+
+from mailgw.smtp.protocol import SubmissionProtocol
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    hostname: str
+    max_message_size: int = 14 * 1024 * 1024
+    max_recipients: int = 100
+    auth_requires_tls: bool = False
+    idle_timeout: float = 300.0
+    data_timeout: float = 300.0
+    tls_handshake_timeout: float = 30.0
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+
+
+class SubmissionFactory(Factory):
+    protocol = SubmissionProtocol
+    noisy = False
+
+    def __init__(self, settings: ProtocolSettings, portal, clock, tls_options=None):
+        """
+        @param tls_options: None (no STARTTLS), or an object whose
+            C{server_options()} gives the current TLS connection creator.
+        """
+        self.settings = settings
+        self.portal = portal
+        self.clock = clock
+        self.tls_options = tls_options
+        self.connections = Counter()
+        self.total = 0
+
+    def buildProtocol(self, addr):
+        return self.protocol(self)
+
+    def admit(self, protocol) -> bool:
+        """Count a new connection; False when a cap is reached."""
+        ip = protocol.client_ip
+        if (self.total >= self.settings.max_connections
+                or self.connections[ip] >= self.settings.max_connections_per_ip):
+            protocol._admitted = False
+            return False
+        protocol._admitted = True
+        self.total += 1
+        self.connections[ip] += 1
+        return True
+
+    def release(self, protocol) -> None:
+        if not getattr(protocol, "_admitted", False):
+            return
+        protocol._admitted = False
+        ip = protocol.client_ip
+        self.total -= 1
+        self.connections[ip] -= 1
+        if self.connections[ip] <= 0:
+            del self.connections[ip]

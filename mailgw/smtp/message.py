@@ -1,0 +1,104 @@
+"""One message while DATA arrives: the body streams to a spool file (in memory
+while small, on disk beyond), the header block is kept for the end-of-data
+checks, and nothing past the size limit is kept at all.
+
+At the final dot L{SubmissionMessage.finish} runs the checks of spec §6 in
+order (size, loop, From/Sender) and commits the message through the queue;
+only when that commit has happened does it fire with the queue id.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+
+from twisted.internet import defer
+
+from mailgw.smtp import replies
+from mailgw.smtp.sender_policy import AuthorisedDomains, check_sender, header_fields
+
+#: bodies up to this size never touch the disk before the commit
+SPOOL_MEMORY = 256 * 1024
+#: the header block kept for the checks; a longer one is cut (and then fails
+#: the From check unless From came early)
+MAX_HEADER_BLOCK = 1024 * 1024
+MAX_OWN_RECEIVED = 4
+
+
+class SubmissionMessage:
+    def __init__(self, delivery, token: str, mail_from: str, recipients,
+                 max_size: int, spool_directory: str | None):
+        self._delivery = delivery
+        self.token = token
+        self.mail_from = mail_from
+        self.recipients = tuple(recipients)
+        self._max_size = max_size
+        self._spool = tempfile.SpooledTemporaryFile(
+            max_size=SPOOL_MEMORY, dir=spool_directory, prefix="mailgw-")
+        self.size = 0
+        self._headers = bytearray()
+        self._headers_done = False
+
+    def write(self, chunk: bytes) -> None:
+        """Append body bytes (already unstuffed, CRLF line ends)."""
+        self.size += len(chunk)
+        if not self._headers_done:
+            self._collect_headers(chunk)
+        if self.size <= self._max_size:
+            self._spool.write(chunk)
+
+    def _collect_headers(self, chunk: bytes) -> None:
+        start = max(0, len(self._headers) - 3)
+        self._headers += chunk
+        end = self._headers.find(b"\r\n\r\n", start)
+        if end >= 0:
+            del self._headers[end + 2:]
+            self._headers_done = True
+        elif self._headers.startswith(b"\r\n"):
+            # The body starts with an empty line: there are no headers.
+            self._headers.clear()
+            self._headers_done = True
+        elif len(self._headers) > MAX_HEADER_BLOCK:
+            del self._headers[MAX_HEADER_BLOCK:]
+            self._headers_done = True
+
+    # IMessage, for those who feed lines
+    def lineReceived(self, line: bytes) -> None:
+        self.write(line + b"\r\n")
+
+    def eomReceived(self):
+        return self.finish()
+
+    def connectionLost(self):
+        self.abort()
+
+    def abort(self) -> None:
+        self._spool.close()
+
+    @defer.inlineCallbacks
+    def finish(self):
+        try:
+            if self.size > self._max_size:
+                raise replies.too_large(self._max_size)
+            fields = header_fields(bytes(self._headers))
+            if own_received_count(fields, self._delivery.hostname) > MAX_OWN_RECEIVED:
+                raise replies.LOOP_DETECTED
+            token = yield self._delivery.commit(self, bytes(self._headers), self._spool)
+            return token
+        finally:
+            self._spool.close()
+
+
+def own_received_count(fields, hostname: str) -> int:
+    """How many Received fields name C{by <hostname>}."""
+    pattern = re.compile(r"(?:^|[\s;(])by\s+" + re.escape(hostname) + r"(?![\w.-])",
+                         re.IGNORECASE)
+    return sum(1 for name, value in fields if name == "received" and pattern.search(value))
+
+
+def sender_domain(header_block: bytes, server, names, any_domain) -> str:
+    """The From/Sender check of spec §7; raises the 530 reply when it fails."""
+    domain = check_sender(header_block, allow_sender_header=server.allow_sender_header,
+                          authorised=AuthorisedDomains(frozenset(names), any_domain))
+    if domain is None:
+        raise replies.SENDER_NOT_VALID
+    return domain

@@ -1,0 +1,38 @@
+"""twistd's entry: ``twistd mailgw --config FILE`` (options only parse; the
+wiring is L{mailgw.service.build_service})."""
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from mailgw.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "etc/mailgw.toml"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Run the mailgw SMTP submission gateway. The configuration file "
+                "comes from --config, else $MAILGW_CONFIG, else " + DEFAULT_CONFIG + ".")
+    optParameters = [
+        ["config", "c", None, "path of the mailgw TOML configuration file"],
+    ]
+
+    def postOptions(self):
+        path = self["config"] or os.environ.get("MAILGW_CONFIG") or DEFAULT_CONFIG
+        try:
+            self["config_value"] = load_config(path)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from mailgw.service import build_service
+    from mailgw.tls import TLSConfigError
+    try:
+        return build_service(options["config_value"], reactor)
+    except TLSConfigError as e:
+        raise SystemExit(f"mailgw: {e}") from None
