@@ -91,15 +91,21 @@ class GatewayService(service.MultiService):
             log.info("database schema upgraded to version {v}", v=applied[-1])
         for svc in self.listeners:
             svc.setServiceParent(self)
-            cfg = svc.listener_config
-            log.info("listening on {endpoint} (tls={tls}, auth requires TLS: {art})",
-                     endpoint=cfg.endpoint, tls=cfg.tls, art=cfg.requires_tls_for_auth)
+            svc._waitingForPort.addCallback(self._listening, svc.listener_config)
         if self.tls is not None and self.config.tls.reload_interval > 0:
             self._reload = LoopingCall(self.tls.reload_if_changed)
             self._reload.clock = self.reactor
             self._reload.start(self.config.tls.reload_interval, now=False)
         self._install_sighup()
         return True
+
+    @staticmethod
+    def _listening(port, cfg):
+        address = port.getHost()
+        log.info("listening on {endpoint} at {host} port {port} (tls={tls}, auth requires "
+                 "TLS: {art})", endpoint=cfg.endpoint, host=address.host, port=address.port,
+                 tls=cfg.tls, art=cfg.requires_tls_for_auth)
+        return port
 
     def _install_sighup(self):
         if self.tls is None:

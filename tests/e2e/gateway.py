@@ -1,0 +1,135 @@
+"""The real gateway for end-to-end tests: ``twistd -n mailgw`` in a child
+process on loopback, with a throwaway config, waited for by its own log line
+("listening on ... port N") rather than by sleeping."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SkipTest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LISTENING = re.compile(r"listening on (\S+) at (\S+) port (\d+) \(tls=(\w+)")
+START_TIMEOUT = 30
+
+
+def require_tool(name: str) -> str:
+    """The path of an outside client; skip without it, fail under CI=true."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed"
+    if os.environ.get("CI") == "true":
+        raise AssertionError(message + " (CI=true: a missing tool fails the test)")
+    raise SkipTest(message)
+
+
+def _twistd() -> list[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def toml_value(value) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def write_config(folder: str, *, database_url: str, listeners: list[dict],
+                 hostname="mx.e2e.test", tls=None, extra="") -> str:
+    lines = [f"hostname = {toml_value(hostname)}", 'spool_directory = "spool"', extra,
+             "[database]", f"url = {toml_value(database_url)}"]
+    if tls:
+        lines += ["[tls]"] + [f"{k} = {toml_value(v)}" for k, v in tls.items()]
+    for listener in listeners:
+        lines.append("[[listeners]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in listener.items()]
+    path = os.path.join(folder, "mailgw.toml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+class Gateway:
+    """A running ``twistd -n mailgw``; C{ports} lists (tls mode, port) in
+    listener order."""
+
+    def __init__(self, folder: str, config_path: str):
+        self.folder = folder
+        self.config_path = config_path
+        self.ports = []
+        self.log_path = os.path.join(folder, "twistd.log")
+        self.process = None
+
+    def start(self, expected_listeners: int):
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            _twistd() + ["-n", "--pidfile=", "mailgw", "--config", self.config_path],
+            cwd=self.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+        deadline = time.monotonic() + START_TIMEOUT
+        buffer = b""
+        while len(self.ports) < expected_listeners:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.process.poll() is not None:
+                self.stop()
+                raise AssertionError("gateway did not start:\n" + self.log())
+            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            log.write(chunk)
+            log.flush()
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                m = LISTENING.search(line.decode("utf-8", "replace"))
+                if m:
+                    self.ports.append((m.group(4), int(m.group(3))))
+        self._drain(log)
+        return self
+
+    def _drain(self, log):
+        """Keep copying the child's output to the log file, so it never blocks."""
+        import threading
+
+        def copy():
+            for chunk in iter(lambda: os.read(self.process.stdout.fileno(), 65536), b""):
+                log.write(chunk)
+                log.flush()
+            log.close()
+        threading.Thread(target=copy, daemon=True).start()
+
+    def port(self, tls_mode: str = "none") -> int:
+        return next(p for mode, p in self.ports if mode == tls_mode)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def mailgw_cli(config_path: str, *args: str, raw=False):
+    """Run the real ``mailgw`` command; JSON-decoded stdout (or bytes with raw)."""
+    command = [sys.executable, "-m", "mailgw.admin.cli", "--config", config_path, *args]
+    result = subprocess.run(command, capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                            timeout=60)
+    if result.returncode != 0:
+        raise AssertionError(f"mailgw {' '.join(args)} failed: {result.stderr.decode()}")
+    return result.stdout if raw else json.loads(result.stdout)
