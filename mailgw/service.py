@@ -16,6 +16,7 @@ from mailgw.auth.realm import build_portal
 from mailgw.config import Config
 from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
+from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.store import open_store
 from mailgw.tls import TLSOptions
 
@@ -66,7 +67,10 @@ class GatewayService(service.MultiService):
         factory = SubmissionFactory(settings, self.portal, self.reactor, starttls)
         wrapped = factory
         if listener.tls == "implicit":
-            wrapped = TLSMemoryBIOFactory(self.tls, False, factory)
+            wrapped = TLSMemoryBIOFactory(self.tls, False, wrapped)
+        if listener.proxy_protocol:
+            wrapped = ProxyProtocolFactory(wrapped, listener.trusted_proxies, self.reactor,
+                                           listener.tls_handshake_timeout)
         endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
         svc = internet.StreamServerEndpointService(endpoint, wrapped)
         svc._raiseSynchronously = True
