@@ -1,0 +1,146 @@
+"""What the command line prints: model values as JSON-ready dicts, and the
+readable forms (aligned tables, ``key: value`` lines) of those same dicts.
+
+Both forms come from one dict per value, so ``--json`` and the readable output
+never disagree about what a field is called or holds. Readable output escapes
+control characters: queue fields and headers come from strangers on the
+internet and must not drive the operator's terminal.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from mailgw.model import Credential, Domain, Organization, QueueEntry, Server
+
+
+@dataclass(frozen=True)
+class Output:
+    """One command's result: C{data} for C{--json}, C{text} for people, or
+    C{raw} bytes written as they are."""
+    data: object = None
+    text: str = ""
+    raw: bytes | None = None
+
+
+def iso8601(ts: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC string (C{None} stays C{None})."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def organization_json(org: Organization) -> dict:
+    return {"id": org.id, "permalink": org.permalink, "name": org.name,
+            "suspended": org.suspended}
+
+
+def server_json(server: Server) -> dict:
+    return {
+        "id": server.id, "server": server.full_name,
+        "organization": server.organization_permalink,
+        "permalink": server.permalink, "name": server.name, "mode": server.mode,
+        "allow_sender_header": server.allow_sender_header,
+        "privacy_mode": server.privacy_mode, "send_limit": server.send_limit,
+        "suspended": server.suspended,
+        "organization_suspended": server.organization_suspended,
+    }
+
+
+def domain_json(domain: Domain) -> dict:
+    return {
+        "id": domain.id, "name": domain.name, "owner": domain.owner,
+        "server": domain.owner if domain.server_id is not None else None,
+        "organization": domain.owner if domain.organization_id is not None else None,
+        "verified": domain.verified, "use_for_any": domain.use_for_any,
+    }
+
+
+def credential_json(credential: Credential, server: str) -> dict:
+    """@param server: the owning server's full name, C{org/server}."""
+    return {
+        "id": credential.id, "server": server, "type": credential.type,
+        "name": credential.name, "key": credential.key, "hold": credential.hold,
+        "last_used_at": iso8601(credential.last_used_at),
+    }
+
+
+def entry_json(entry: QueueEntry) -> dict:
+    return {
+        "id": entry.id, "token": entry.token, "message_id": entry.message_id,
+        "server": entry.server, "credential_id": entry.credential_id,
+        "mail_from": entry.mail_from, "rcpt_to": entry.rcpt_to,
+        "status": entry.status, "hold_reason": entry.hold_reason,
+        "size": entry.size, "domain": entry.domain,
+        "created_at": iso8601(entry.created_at), "attempts": entry.attempts,
+        "next_attempt_at": iso8601(entry.next_attempt_at),
+        "last_error": entry.last_error,
+    }
+
+
+#: the most of a message searched for (and shown as) its header section, so
+#: that a message without an empty line is not printed whole
+HEADER_LIMIT = 256 * 1024
+
+
+def message_headers(body: bytes) -> bytes:
+    """The header section of a message: everything before the first empty
+    line (CRLF or bare LF endings), or the first L{HEADER_LIMIT} bytes when
+    there is none."""
+    head = body[:HEADER_LIMIT]
+    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
+    return head[:min(ends)] if ends else head
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """C{text} with control characters (other than tab and newline) shown as
+    escapes, so that printing it cannot move the cursor or change colours."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return printable(str(value)).replace("\n", "\\n")
+
+
+def fields(data: dict) -> str:
+    """C{key: value} lines, values aligned."""
+    width = max(len(k) for k in data) + 1
+    return "\n".join(f"{k + ':':<{width}} {cell(v)}" for k, v in data.items())
+
+
+def table(columns: list[tuple[str, str]], rows: list[dict], empty: str) -> str:
+    """Aligned columns: C{columns} are C{(heading, key)} pairs; C{empty} is
+    what to say when there is no row."""
+    if not rows:
+        return empty
+    lines = [[h for h, _ in columns]] + [[cell(r[k]) for _, k in columns] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+ORGANIZATION_COLUMNS = [("PERMALINK", "permalink"), ("NAME", "name"),
+                        ("SUSPENDED", "suspended")]
+SERVER_COLUMNS = [
+    ("SERVER", "server"), ("NAME", "name"), ("MODE", "mode"),
+    ("SENDER HEADER", "allow_sender_header"), ("PRIVACY", "privacy_mode"),
+    ("SEND LIMIT", "send_limit"), ("SUSPENDED", "suspended"),
+    ("ORG SUSPENDED", "organization_suspended"),
+]
+DOMAIN_COLUMNS = [("ID", "id"), ("NAME", "name"), ("OWNER", "owner"),
+                  ("VERIFIED", "verified"), ("USE FOR ANY", "use_for_any")]
+CREDENTIAL_COLUMNS = [("ID", "id"), ("TYPE", "type"), ("NAME", "name"),
+                      ("HOLD", "hold"), ("KEY", "key"), ("LAST USED", "last_used_at")]
+ENTRY_COLUMNS = [
+    ("ID", "id"), ("TOKEN", "token"), ("SERVER", "server"), ("STATUS", "status"),
+    ("FROM", "mail_from"), ("TO", "rcpt_to"), ("SIZE", "size"),
+    ("CREATED", "created_at"),
+]
