@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailgw.auth.realm import build_portal
+from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import Config
 from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
@@ -56,6 +57,7 @@ class GatewayService(service.MultiService):
                                       delivery_settings, reactor)
 
         self.portal = build_portal(self.store, reactor, make_delivery)
+        self.throttle = FailureThrottle.from_config(reactor, config.auth_throttle)
         self.listeners = []
         for listener in config.listeners:
             self.listeners.append(self._listener(listener))
@@ -64,7 +66,8 @@ class GatewayService(service.MultiService):
     def _listener(self, listener):
         settings = protocol_settings(self.config, listener)
         starttls = self.tls if listener.tls == "starttls" else None
-        factory = SubmissionFactory(settings, self.portal, self.reactor, starttls)
+        factory = SubmissionFactory(settings, self.portal, self.reactor, starttls,
+                                    self.throttle)
         wrapped = factory
         if listener.tls == "implicit":
             wrapped = TLSMemoryBIOFactory(self.tls, False, wrapped)

@@ -27,7 +27,8 @@ class SubmissionFactory(Factory):
     protocol = SubmissionProtocol
     noisy = False
 
-    def __init__(self, settings: ProtocolSettings, portal, clock, tls_options=None):
+    def __init__(self, settings: ProtocolSettings, portal, clock, tls_options=None,
+                 throttle=None):
         """
         @param tls_options: None (no STARTTLS), or an object whose
             C{server_options()} gives the current TLS connection creator.
@@ -36,6 +37,8 @@ class SubmissionFactory(Factory):
         self.portal = portal
         self.clock = clock
         self.tls_options = tls_options
+        #: the shared FailureThrottle, or None
+        self.throttle = throttle
         self.connections = Counter()
         self.total = 0
 

@@ -71,6 +71,8 @@ class SubmissionProtocol(Protocol):
             self._reply(replies.too_many_connections(self.settings.hostname))
             self._close()
             return
+        if self._throttled():
+            return
         if implicit:
             self._start_handshake_timer()
         self._log("connection from {ip}", ip=self.client_ip)
@@ -368,8 +370,9 @@ class SubmissionProtocol(Protocol):
         except MalformedResponse:
             self._challenger = None
             if challenger.mechanism == "PLAIN":
-                self._auth_failure_logged()
-                return self._reply(replies.AUTH_PLAIN_MALFORMED)
+                if not self._auth_failure_logged():
+                    self._reply(replies.AUTH_PLAIN_MALFORMED)
+                return
             return self._auth_failed(challenger.mechanism)
         if challenger.moreChallenges():
             return self._challenge()
@@ -392,11 +395,27 @@ class SubmissionProtocol(Protocol):
         self._auth_failed(mechanism)
 
     def _auth_failure_logged(self):
+        """Log and count one authentication failure; True when the client is
+        now locked out (it has been told so, and is being disconnected)."""
         log.warn("[{trace}] Authentication failure for {ip}",
                  trace=self.session.trace_id, ip=self.client_ip)
+        throttle = self.factory.throttle
+        if throttle is not None and throttle.record_failure(self.client_ip):
+            return self._throttled()
+        return False
+
+    def _throttled(self) -> bool:
+        throttle = self.factory.throttle
+        if throttle is None or not throttle.locked(self.client_ip):
+            return False
+        self._log("locked out after too many authentication failures")
+        self._reply(replies.too_many_auth_failures(self.settings.hostname))
+        self._close()
+        return True
 
     def _auth_failed(self, mechanism):
-        self._auth_failure_logged()
+        if self._auth_failure_logged():
+            return
         self._reply(replies.AUTH_DENIED if mechanism == "CRAM-MD5"
                     else replies.AUTH_INVALID_CREDENTIAL)
 
@@ -475,11 +494,14 @@ class SubmissionProtocol(Protocol):
 
         def refused(failure):
             failure.trap(UnauthorizedLogin)
-            self._auth_failure_logged()
+            if self._auth_failure_logged():
+                return None
             raise replies.AUTH_REQUIRED
         return d.addCallbacks(bound, refused)
 
     def _check_recipient(self, avatar, recipient):
+        if avatar is None:  # locked out while authorising; already answered
+            return None
         d = avatar.check_recipient(recipient)
 
         def accept(_):
