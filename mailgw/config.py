@@ -204,9 +204,11 @@ def _build(cls, data, prefix: str, base: Path):
             raise ConfigError(f"config error: {prefix}{key}: unknown key")
     values = {}
     for name, f in fields.items():
-        if name not in data:
-            continue
-        values[name] = _value(hints[name], data[name], f"{prefix}{name}", base, f.metadata)
+        if name in data:
+            values[name] = _value(hints[name], data[name], f"{prefix}{name}", base, f.metadata)
+        elif f.metadata.get("path") and f.default:
+            # A default path means the same as when written in the file.
+            values[name] = _value(hints[name], f.default, f"{prefix}{name}", base, f.metadata)
     return cls(**values)
 
 

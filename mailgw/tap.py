@@ -24,7 +24,8 @@ class Options(usage.Options):
         try:
             self["config_value"] = load_config(path)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # One line naming the problem; twistd's usage text would bury it.
+            raise SystemExit(f"mailgw: {e}") from None
 
 
 def makeService(options):
