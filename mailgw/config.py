@@ -20,7 +20,8 @@ from pathlib import Path
 
 __all__ = [
     "Config", "ConfigError", "DatabaseConfig", "ListenerConfig", "LimitsConfig",
-    "TLSConfig", "AuthThrottleConfig", "load_config", "parse_config",
+    "TLSConfig", "AuthThrottleConfig", "RelayConfig", "HTTPAPIConfig", "MetricsConfig",
+    "load_config", "parse_config",
 ]
 
 
@@ -119,6 +120,61 @@ class AuthThrottleConfig:
     exempt: tuple[str, ...] = field(default=(), metadata=_check(_networks))
 
 
+def _host_port(value):
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT"
+    return None
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    #: deliver the queue from this node (several nodes may share a database)
+    enabled: bool = True
+    #: "host:port" of a smarthost; empty means direct delivery to MX hosts
+    smarthost: str = field(default="", metadata=_check(_host_port))
+    username: str = ""
+    password: str = field(default="", repr=False)
+    #: how to reach the smarthost
+    tls: str = field(default="starttls",
+                     metadata=_check(_one_of("none", "starttls", "implicit")))
+    #: verify the smarthost's certificate (service-identity)
+    verify: bool = True
+    #: "host:port" of the DNS server for MX look-ups; empty: /etc/resolv.conf
+    resolver: str = field(default="", metadata=_check(_host_port))
+    #: the port MX hosts are reached on (25 outside tests)
+    mx_port: int = field(default=25, metadata=_check(_positive))
+    #: deliveries under way at once
+    concurrency: int = field(default=10, metadata=_check(_positive))
+    #: seconds after which a message that still fails temporarily is failed
+    max_queue_age: float = field(default=432000.0, metadata=_check(_positive))
+    #: first retry delay, doubled each attempt up to retry_max (with jitter)
+    retry_base: float = field(default=60.0, metadata=_check(_positive))
+    retry_max: float = field(default=3600.0, metadata=_check(_positive))
+    #: seconds between looks at the queue when idle
+    poll_interval: float = field(default=5.0, metadata=_check(_positive))
+    #: seconds a claimed entry stays with this node if it dies mid-delivery
+    lease: float = field(default=600.0, metadata=_check(_positive))
+    connect_timeout: float = field(default=30.0, metadata=_check(_positive))
+    command_timeout: float = field(default=300.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class HTTPAPIConfig:
+    #: where the Postal-compatible HTTP API listens (a Twisted endpoint string)
+    endpoint: str = "tcp:8025:interface=127.0.0.1"
+    #: serve HTTPS with the [tls] certificate
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: /health and /metrics (Prometheus); empty string: no metrics listener
+    endpoint: str = "tcp:9091:interface=127.0.0.1"
+
+
 @dataclass(frozen=True)
 class Config:
     #: the name in the greeting, Received headers and CRAM-MD5 challenges
@@ -130,6 +186,12 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     listeners: tuple[ListenerConfig, ...] = ()
     auth_throttle: AuthThrottleConfig = field(default_factory=AuthThrottleConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    #: no [http_api] table: no HTTP listener
+    http_api: HTTPAPIConfig | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: seconds in-flight transactions get to finish on shutdown
+    shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
     #: the file this came from (None when built in code)
     source: str | None = field(default=None, metadata={"internal": True})
 
@@ -183,6 +245,8 @@ def _cross_checks(config: Config) -> None:
         if listener.proxy_protocol and not listener.trusted_proxies:
             raise ConfigError(
                 f"config error: {where}.trusted_proxies: required when proxy_protocol is true")
+    if config.http_api is not None and config.http_api.tls and config.tls is None:
+        raise ConfigError("config error: http_api.tls: true needs a [tls] section")
     if config.tls is not None:
         for key in ("certificate", "private_key"):
             if not getattr(config.tls, key):

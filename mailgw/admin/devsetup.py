@@ -174,7 +174,7 @@ def instructions(key: str, host: str, port: int) -> str:
     smtplib_line = (
         "python3 -c 'import smtplib; s = smtplib.SMTP(\"%s\", %d); s.starttls(); "
         "s.login(\"any\", \"%s\"); s.sendmail(\"you@example.com\", "
-        "[\"someone@example.net\"], \"Subject: hello\\r\\n\\r\\nHello.\\r\\n\"); s.quit()'"
+        "[\"someone@example.net\"], \"From: you@example.com\\r\\nSubject: hello\\r\\n\\r\\nHello.\\r\\n\"); s.quit()'"
         % (host, port, key))
     return "\n".join([
         f"demo credential key (server {DEMO_ORG}/{DEMO_SERVER}): {key}",

@@ -190,6 +190,9 @@ class ExampleConfigTests(unittest.TestCase):
         sections = {"database": config_module.DatabaseConfig, "tls": config_module.TLSConfig,
                     "limits": config_module.LimitsConfig,
                     "auth_throttle": config_module.AuthThrottleConfig,
+                    "relay": config_module.RelayConfig,
+                    "metrics": config_module.MetricsConfig,
+                    "http_api": config_module.HTTPAPIConfig,
                     "listeners": config_module.ListenerConfig}
         top = [f for f in dataclasses.fields(config_module.Config)
                if not f.metadata.get("internal")]
