@@ -61,46 +61,78 @@ class SubmissionDelivery:
 
     def received_header(self, token: str) -> bytes:
         s = self.session
-        date = format_datetime(datetime.fromtimestamp(self._clock.seconds(), timezone.utc))
-        by = f"by {self.hostname} with {s.protocol_word} id {token}; {date}"
-        if self.identity.server.privacy_mode:
-            return f"Received: {by}\r\n".encode("utf-8")
-        helo = s.helo or s.client_ip
-        return f"Received: from {helo} ({s.client_ip} [{s.client_ip}]) {by}\r\n".encode(
-            "utf-8", "replace")
+        return received_header(
+            self.hostname, s.protocol_word, token, self._clock.seconds(),
+            client_ip=s.client_ip, helo=s.helo or s.client_ip,
+            privacy=self.identity.server.privacy_mode)
 
-    @defer.inlineCallbacks
     def commit(self, message: SubmissionMessage, header_block: bytes, body):
         """Decide and store; fires with the queue id once committed."""
-        found = yield self._store.credential_by_id(self.identity.credential.id)
-        if found is None:
-            raise replies.AUTH_REQUIRED
-        credential, server = found
-        if server.is_suspended:
-            raise replies.SERVER_SUSPENDED
-        names, any_domain = yield self._store.authorised_domains(server.id)
-        domain = sender_domain(header_block, server, names, any_domain)
-        hold_reason = yield self._hold_reason(credential, server)
-        envelope = MessageEnvelope(
-            token=message.token, server_id=server.id, credential_id=credential.id,
-            mail_from=message.mail_from, rcpt_to=message.recipients,
-            sender_domain=domain, protocol=self.session.protocol_word,
-            status="held" if hold_reason else "queued", hold_reason=hold_reason)
-        yield self._store.enqueue(envelope, body)
-        return message.token
-
-    @defer.inlineCallbacks
-    def _hold_reason(self, credential, server):
-        if credential.hold:
-            return "credential on hold"
-        if server.mode == "development":
-            return "server in development mode"
-        if server.send_limit is not None:
-            since = self._clock.seconds() - SEND_LIMIT_WINDOW
-            count = yield self._store.messages_since(server.id, since)
-            if count >= server.send_limit:
-                return "send limit reached"
-        return None
+        d = commit_message(
+            self._store, self._clock, credential_id=self.identity.credential.id,
+            token=message.token, mail_from=message.mail_from,
+            recipients=message.recipients, header_block=header_block, body=body,
+            protocol=self.session.protocol_word)
+        return d.addCallback(lambda ids: message.token)
 
     def logout(self) -> None:
         pass
+
+
+def received_header(hostname: str, protocol: str, token: str, when: float, *,
+                    client_ip: str | None = None, helo: str | None = None,
+                    privacy: bool = False) -> bytes:
+    """The trace header prepended to every accepted message (spec §6).
+
+    Without C{client_ip} (or with C{privacy}) only the C{by} part is written.
+    """
+    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    by = f"by {hostname} with {protocol} id {token}; {date}"
+    if privacy or client_ip is None:
+        return f"Received: {by}\r\n".encode("utf-8")
+    return f"Received: from {helo or client_ip} ({client_ip} [{client_ip}]) {by}\r\n".encode(
+        "utf-8", "replace")
+
+
+@defer.inlineCallbacks
+def commit_message(store, clock, *, credential_id: int, token: str, mail_from: str,
+                   recipients, header_block: bytes, body, protocol: str):
+    """The end of every submission, SMTP or HTTP: re-read the credential and
+    its server, apply the From/Sender policy, decide queued or held, and commit
+    the body with one queue entry per recipient.
+
+    @return: Deferred firing with C{{recipient: queue entry id}} once the
+        commit is durable; failing with C{replies.SERVER_SUSPENDED},
+        C{replies.SENDER_NOT_VALID} or C{replies.AUTH_REQUIRED} (credential
+        gone), or the store's error.
+    """
+    found = yield store.credential_by_id(credential_id)
+    if found is None:
+        raise replies.AUTH_REQUIRED
+    credential, server = found
+    if server.is_suspended:
+        raise replies.SERVER_SUSPENDED
+    names, any_domain = yield store.authorised_domains(server.id)
+    domain = sender_domain(header_block, server, names, any_domain)
+    hold_reason = yield hold_reason_for(store, clock, credential, server)
+    envelope = MessageEnvelope(
+        token=token, server_id=server.id, credential_id=credential.id,
+        mail_from=mail_from, rcpt_to=tuple(recipients), sender_domain=domain,
+        protocol=protocol, status="held" if hold_reason else "queued",
+        hold_reason=hold_reason)
+    ids = yield store.enqueue(envelope, body)
+    return ids
+
+
+@defer.inlineCallbacks
+def hold_reason_for(store, clock, credential, server):
+    """Why a new message must be held rather than relayed, or None."""
+    if credential.hold:
+        return "credential on hold"
+    if server.mode == "development":
+        return "server in development mode"
+    if server.send_limit is not None:
+        count = yield store.messages_since(server.id, clock.seconds() - SEND_LIMIT_WINDOW)
+        if count >= server.send_limit:
+            return "send limit reached"
+    return None

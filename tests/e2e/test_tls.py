@@ -3,7 +3,6 @@ s_client, swaks --tls), implicit TLS (SMTP_SSL, swaks --tlsc), the STARTTLS
 injection case, TLS 1.1 refused, and a certificate swapped on disk."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
