@@ -103,6 +103,13 @@ class IQueue(Interface):
         """@return: Deferred firing with a L{mailgw.model.QueueEntry}.
         @raise NotFound: (as a failure) no such entry."""
 
+    def queue_counts():
+        """@return: Deferred firing with C{{status: number of entries}}."""
+
+    def ping():
+        """A trivial query. @return: Deferred firing with None when the
+        database answers (failing with StoreUnavailable when it does not)."""
+
     def read_body(message_id):
         """@return: Deferred firing with the stored message bytes."""
 

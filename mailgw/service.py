@@ -1,6 +1,8 @@
-"""Wiring: one C{MultiService} holding the store, the TLS options and every
-listener, started in order (the store and its schema first, then the
-listeners) and stopped in reverse."""
+"""Wiring: one C{MultiService} holding the store, the TLS options, every
+listener and the metrics listener, started in order (the store and its schema
+first, then the listeners) and stopped gracefully (stop accepting, let
+transactions in flight finish within the grace period, 421 to idle sessions,
+then close the store)."""
 from __future__ import annotations
 
 import os
@@ -15,11 +17,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import Config
+from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.store import open_store
 from mailgw.tls import TLSOptions
+from mailgw.web.health import health_site
 
 log = Logger()
 
@@ -38,6 +42,14 @@ def protocol_settings(config: Config, listener) -> ProtocolSettings:
     )
 
 
+def _endpoint_service(reactor, description, factory, label):
+    svc = internet.StreamServerEndpointService(
+        endpoints.serverFromString(reactor, description), factory)
+    svc._raiseSynchronously = True
+    svc.label = label
+    return svc
+
+
 class GatewayService(service.MultiService):
     """The store first; the listeners only once it answers."""
 
@@ -45,7 +57,9 @@ class GatewayService(service.MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.store = open_store(config.database.url, reactor, config.database.pool_size)
+        self.metrics = Metrics()
+        self.raw_store = open_store(config.database.url, reactor, config.database.pool_size)
+        self.store = TimedStore(self.raw_store, self.metrics)
         self.tls = TLSOptions.from_config(config.tls) if config.tls else None
         os.makedirs(config.spool_directory, exist_ok=True)
         delivery_settings = DeliverySettings(config.hostname,
@@ -58,33 +72,35 @@ class GatewayService(service.MultiService):
 
         self.portal = build_portal(self.store, reactor, make_delivery)
         self.throttle = FailureThrottle.from_config(reactor, config.auth_throttle)
-        self.listeners = []
-        for listener in config.listeners:
-            self.listeners.append(self._listener(listener))
+        self.factories = []
+        self.listeners = [self._listener(listener) for listener in config.listeners]
+        if config.metrics.endpoint:
+            self.listeners.append(_endpoint_service(
+                reactor, config.metrics.endpoint, health_site(self.store, self.metrics),
+                f"{config.metrics.endpoint} (metrics and health)"))
         self.ready = defer.Deferred()
 
     def _listener(self, listener):
         settings = protocol_settings(self.config, listener)
         starttls = self.tls if listener.tls == "starttls" else None
         factory = SubmissionFactory(settings, self.portal, self.reactor, starttls,
-                                    self.throttle)
+                                    self.throttle, self.metrics)
+        self.factories.append(factory)
         wrapped = factory
         if listener.tls == "implicit":
             wrapped = TLSMemoryBIOFactory(self.tls, False, wrapped)
         if listener.proxy_protocol:
             wrapped = ProxyProtocolFactory(wrapped, listener.trusted_proxies, self.reactor,
                                            listener.tls_handshake_timeout)
-        endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
-        svc = internet.StreamServerEndpointService(endpoint, wrapped)
-        svc._raiseSynchronously = True
-        svc.listener_config = listener
-        svc.smtp_factory = factory
-        return svc
+        return _endpoint_service(
+            self.reactor, listener.endpoint, wrapped,
+            f"{listener.endpoint} (tls={listener.tls}, auth requires TLS: "
+            f"{listener.requires_tls_for_auth})")
 
     def startService(self):
         super().startService()
-        d = self.store.start()
-        d.addCallback(lambda _: self.store.upgrade())
+        d = self.raw_store.start()
+        d.addCallback(lambda _: self.raw_store.upgrade())
         d.addCallback(self._serve)
         d.addErrback(self._failed_to_start)
         d.addBoth(self._fire_ready)
@@ -98,7 +114,7 @@ class GatewayService(service.MultiService):
             log.info("database schema upgraded to version {v}", v=applied[-1])
         for svc in self.listeners:
             svc.setServiceParent(self)
-            svc._waitingForPort.addCallback(self._listening, svc.listener_config)
+            svc._waitingForPort.addCallback(self._listening, svc.label)
         if self.tls is not None and self.config.tls.reload_interval > 0:
             self._reload = LoopingCall(self.tls.reload_if_changed)
             self._reload.clock = self.reactor
@@ -107,11 +123,12 @@ class GatewayService(service.MultiService):
         return True
 
     @staticmethod
-    def _listening(port, cfg):
+    def _listening(port, label):
         address = port.getHost()
-        log.info("listening on {endpoint} at {host} port {port} (tls={tls}, auth requires "
-                 "TLS: {art})", endpoint=cfg.endpoint, host=address.host, port=address.port,
-                 tls=cfg.tls, art=cfg.requires_tls_for_auth)
+        endpoint, _, detail = label.partition(" ")
+        # tests and operators read the bound port from this line
+        log.info("listening on {endpoint} at {host} port {port} {detail}",
+                 endpoint=endpoint, host=address.host, port=address.port, detail=detail)
         return port
 
     def _install_sighup(self):
@@ -131,11 +148,39 @@ class GatewayService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """Stop accepting; drain sessions within the grace period; close."""
         reload = getattr(self, "_reload", None)
         if reload is not None and reload.running:
             reload.stop()
-        yield super().stopService()
-        yield self.store.close()
+        yield super().stopService()  # the listeners stop accepting
+        yield self._drain_sessions(self.config.shutdown_grace)
+        yield self.raw_store.close()
+        log.info("mailgw stopped")
+
+    def _drain_sessions(self, grace: float):
+        sessions = [s for f in self.factories for s in list(f.sessions)]
+        if not sessions:
+            return defer.succeed(None)
+        log.info("shutting down: {n} open sessions get up to {grace} s", n=len(sessions),
+                 grace=grace)
+        for session in sessions:
+            session.shutdown()
+        done = defer.DeferredList([s.closed for s in sessions])
+        timer = self.reactor.callLater(grace, self._force_close, sessions)
+
+        def finished(result):
+            if timer.active():
+                timer.cancel()
+            return result
+        return done.addBoth(finished)
+
+    @staticmethod
+    def _force_close(sessions):
+        for session in sessions:
+            if not session.closed.called:
+                log.warn("[{trace}] closed at the end of the shutdown grace period",
+                         trace=session.session.trace_id)
+                session.transport.abortConnection()
 
 
 def build_service(config: Config, reactor) -> GatewayService:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from twisted.internet.protocol import Factory
 
+from mailgw.metrics import Metrics
 from mailgw.smtp.protocol import SubmissionProtocol
 
 
@@ -28,7 +29,7 @@ class SubmissionFactory(Factory):
     noisy = False
 
     def __init__(self, settings: ProtocolSettings, portal, clock, tls_options=None,
-                 throttle=None):
+                 throttle=None, metrics=None):
         """
         @param tls_options: None (no STARTTLS), or an object whose
             C{server_options()} gives the current TLS connection creator.
@@ -39,6 +40,9 @@ class SubmissionFactory(Factory):
         self.tls_options = tls_options
         #: the shared FailureThrottle, or None
         self.throttle = throttle
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: the sessions open now, for a graceful shutdown
+        self.sessions = set()
         self.connections = Counter()
         self.total = 0
 
@@ -55,12 +59,16 @@ class SubmissionFactory(Factory):
         protocol._admitted = True
         self.total += 1
         self.connections[ip] += 1
+        self.sessions.add(protocol)
+        self.metrics.open_connections.inc()
         return True
 
     def release(self, protocol) -> None:
         if not getattr(protocol, "_admitted", False):
             return
         protocol._admitted = False
+        self.sessions.discard(protocol)
+        self.metrics.open_connections.dec()
         ip = protocol.client_ip
         self.total -= 1
         self.connections[ip] -= 1

@@ -47,12 +47,16 @@ class SubmissionProtocol(Protocol):
     def __init__(self, factory):
         self.factory = factory
         self.settings = factory.settings
+        self.metrics = factory.metrics
         self._clock = factory.clock
         self._buffer = bytearray()
         self._mode = COMMAND
         self._busy = self._pumping = self._discarding = self._paused = False
         self._timer = self._handshake_timer = None
         self._bare_lf_logged = False
+        self._draining = False
+        #: fires when the connection is gone (for a graceful shutdown)
+        self.closed = defer.Deferred()
         self.session = None
         self.avatar = None
         self._logout = None
@@ -68,11 +72,14 @@ class SubmissionProtocol(Protocol):
         self.session = Session(generate_token(8), self.settings.hostname,
                                self.client_ip, tls=implicit)
         if not self.factory.admit(self):
+            self.metrics.refused_connections.labels("too many connections").inc()
             self._reply(replies.too_many_connections(self.settings.hostname))
             self._close()
             return
         if self._throttled():
+            self.metrics.refused_connections.labels("locked out").inc()
             return
+        self.metrics.connections.inc()
         if implicit:
             self._start_handshake_timer()
         self._log("connection from {ip}", ip=self.client_ip)
@@ -81,6 +88,8 @@ class SubmissionProtocol(Protocol):
 
     def connectionLost(self, reason=None):
         self._mode = CLOSED
+        if not self.closed.called:
+            self.closed.callback(None)
         for timer in (self._timer, self._handshake_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -89,6 +98,7 @@ class SubmissionProtocol(Protocol):
         self.factory.release(self)
 
     def handshakeCompleted(self):
+        self.metrics.tls_handshakes.inc()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
 
@@ -137,12 +147,27 @@ class SubmissionProtocol(Protocol):
         self._buffer += data
         self._pump()
 
+    def shutdown(self):
+        """The gateway is stopping: an idle session is told 421 and closed at
+        once; a session in a transaction when that transaction is over."""
+        self._draining = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> bool:
+        if not self._draining or self._mode == CLOSED:
+            return self._mode == CLOSED
+        if self._busy or self._mode != COMMAND or self.mail_from is not None:
+            return False
+        self._reply(replies.shutting_down(self.settings.hostname))
+        self._close()
+        return True
+
     def _pump(self):
         if self._pumping:
             return
         self._pumping = True
         try:
-            while not self._busy and self._mode != CLOSED:
+            while not self._busy and not self._close_if_idle():
                 if self._mode == DATA:
                     if not self._feed_body():
                         break
@@ -190,6 +215,8 @@ class SubmissionProtocol(Protocol):
         return line
 
     def _reply(self, reply: SMTPReply):
+        if reply.code >= 400:
+            self.metrics.client_errors.labels(str(reply)).inc()
         self.transport.write(reply.encode())
 
     def _reply_lines(self, code: int, lines):
@@ -232,6 +259,7 @@ class SubmissionProtocol(Protocol):
             verb = verb.decode("ascii").upper()
         except UnicodeDecodeError:
             return self._reply(replies.UNSUPPORTED)
+        self.metrics.command(verb)
         handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
         if handler is None:
             return self._reply(replies.UNSUPPORTED)
@@ -386,6 +414,7 @@ class SubmissionProtocol(Protocol):
         _, avatar, logout = result
         self._set_avatar(avatar, logout)
         self.session.mechanism = mechanism
+        self.metrics.auth.labels(mechanism, "success").inc()
         self._log("authenticated with {mechanism} for {server}", mechanism=mechanism,
                   server=avatar.identity.server.full_name)
         self._reply(replies.granted(avatar.identity.server.full_name))
@@ -414,6 +443,7 @@ class SubmissionProtocol(Protocol):
         return True
 
     def _auth_failed(self, mechanism):
+        self.metrics.auth.labels(mechanism, "failure").inc()
         if self._auth_failure_logged():
             return
         self._reply(replies.AUTH_DENIED if mechanism == "CRAM-MD5"
@@ -536,14 +566,20 @@ class SubmissionProtocol(Protocol):
         self._mode = COMMAND
         message, self._message = self._message, None
         d = message.finish()
-        d.addCallback(self._queued)
+        d.addCallbacks(self._queued, self._rejected)
         d.addBoth(self._transaction_over)
         self._await(d)
         return True
 
     def _queued(self, token):
         self._log("queued as {token}", token=token)
+        self.metrics.messages.labels("accepted", "queued").inc()
         self._reply(replies.queued(token))
+
+    def _rejected(self, failure):
+        reason = str(failure.value) if failure.check(SMTPReply) else "internal error"
+        self.metrics.messages.labels("rejected", reason).inc()
+        return failure
 
     def _transaction_over(self, result):
         self._reset_transaction()

@@ -262,6 +262,15 @@ def _get_entry(entry_id):
     return _entry(rows[0])
 
 
+def _queue_counts():
+    rows = yield Q("SELECT status, count(*) FROM queue GROUP BY status")
+    return {status: count for status, count in rows}
+
+
+def _ping():
+    yield Q("SELECT 1")
+
+
 def _read_body(message_id):
     rows = yield Q("SELECT data FROM message_chunks WHERE message_id = ? ORDER BY seq",
                    (message_id,))
@@ -507,6 +516,12 @@ class Store:
 
     def get_entry(self, entry_id):
         return self._read(_get_entry, entry_id)
+
+    def queue_counts(self):
+        return self._read(_queue_counts)
+
+    def ping(self):
+        return self._read(_ping)
 
     def read_body(self, message_id):
         return self._read(_read_body, message_id)

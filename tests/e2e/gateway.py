@@ -16,7 +16,7 @@ import time
 from twisted.trial.unittest import SkipTest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LISTENING = re.compile(r"listening on (\S+) at (\S+) port (\d+) \(tls=(\w+)")
+LISTENING = re.compile(r"listening on (\S+) at (\S+) port (\d+) \((?:tls=(\w+)|(metrics))")
 START_TIMEOUT = 30
 
 
@@ -42,7 +42,8 @@ def toml_value(value) -> str:
 def write_config(folder: str, *, database_url: str, listeners: list[dict],
                  hostname="mx.e2e.test", tls=None, extra="") -> str:
     lines = [f"hostname = {toml_value(hostname)}", 'spool_directory = "spool"', extra,
-             "[database]", f"url = {toml_value(database_url)}"]
+             "[database]", f"url = {toml_value(database_url)}",
+             "[metrics]", 'endpoint = "tcp:0:interface=127.0.0.1"']
     if tls:
         lines += ["[tls]"] + [f"{k} = {toml_value(v)}" for k, v in tls.items()]
     for listener in listeners:
@@ -73,7 +74,8 @@ class Gateway:
             env=dict(os.environ, PYTHONPATH=ROOT))
         deadline = time.monotonic() + START_TIMEOUT
         buffer = b""
-        while len(self.ports) < expected_listeners:
+        self.metrics_port = None
+        while len(self.ports) < expected_listeners or self.metrics_port is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 self.stop()
@@ -88,7 +90,9 @@ class Gateway:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 m = LISTENING.search(line.decode("utf-8", "replace"))
-                if m:
+                if m and m.group(5):
+                    self.metrics_port = int(m.group(3))
+                elif m:
                     self.ports.append((m.group(4), int(m.group(3))))
         self._drain(log)
         return self

@@ -126,6 +126,27 @@ class ConnectionTests(ProtocolTestBase):
         self.assertEqual(len(self.h.take()), MAX_BUFFER // 6 + 10)
 
 
+class ShutdownTests(ProtocolTestBase):
+    def test_idle_session_told_at_once(self):
+        self.h.protocol.shutdown()
+        self.assertEqual(self.h.take(), [f"421 {HOSTNAME} Service shutting down".encode()])
+        self.assertTrue(self.h.transport.disconnecting)
+
+    @defer.inlineCallbacks
+    def test_transaction_finishes_first(self):
+        yield self.authenticated()
+        yield self.lines("MAIL FROM:<me@good.example>", "RCPT TO:<a@dest.example>")
+        self.h.protocol.shutdown()
+        self.assertEqual(self.h.take(), [])
+        replies = yield self.lines("DATA")
+        self.assertEqual(replies, [b"354 Go ahead"])
+        replies = yield self.send(MESSAGE + "NOOP\r\n")
+        self.assertRegex(replies[0], rb"^250 OK: queued as ")
+        self.assertEqual(replies[1:], [f"421 {HOSTNAME} Service shutting down".encode()])
+        self.assertTrue(self.h.transport.disconnecting)
+        self.assertTrue(self.h.protocol.closed.called or self.h.transport.disconnecting)
+
+
 class ConnectionCapTests(ProtocolTestBase):
     settings = {"max_connections_per_ip": 1}
 

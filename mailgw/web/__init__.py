@@ -1,0 +1,1 @@
+"""HTTP: health and metrics, and the Postal-compatible send API."""
