@@ -1,0 +1,395 @@
+"""The PostgreSQL engine: txpostgres' asynchronous psycopg2 connections.
+
+No threads: each statement of a store generator is one C{cursor.execute}
+Deferred on a pooled connection, and the whole generator runs inside one
+transaction (C{BEGIN READ ONLY} for reads). The pool is txpostgres'
+C{ConnectionPool} taught three things it lacks:
+
+  - a dead connection (server restart, network loss, a timed-out call) is
+    replaced by a new one on its next use, so the store recovers by itself;
+    a connection found dead when its C{BEGIN} fails is replaced and the call
+    tried once more, since nothing of it ran;
+  - every call has a deadline: at the deadline the statement in flight is
+    cancelled (C{conn.cancel}, a cancel request to the server); if the server
+    does not answer that either, the connection is closed. Either way the call
+    fails with L{StoreUnavailable} instead of hanging;
+  - a lost connection is not logged as an unhandled error: an idle one is
+    closed quietly, and a failed ROLLBACK on a dead connection is moot (the
+    server rolls back a session that ends).
+
+The URL is handed to libpq as is (C{postgresql://user:pass@host:port/db?...},
+C{postgresql:///db?host=/run/postgresql}), so every libpq parameter works.
+
+The body file of C{enqueue} is read on the reactor thread, chunk by chunk
+between statements: fine for a spooled local file.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.internet import defer, error as ierror, task
+from twisted.python import failure, log
+from txpostgres import txpostgres
+from txpostgres.psycopg2_impl import psycopg2
+
+from mailgw.interfaces import Conflict, StoreUnavailable
+from mailgw.store.base import Q, Store, schema_files, split_statements
+
+#: seconds a call may take before it fails with StoreUnavailable
+DEFAULT_TIMEOUT = 10.0
+#: an upgrade may wait for another node's upgrade, and may rewrite tables
+UPGRADE_TIMEOUT = 600.0
+#: seconds the server has to honour a cancel request before we hang up
+CANCEL_GRACE = 2.0
+#: pg_advisory_xact_lock key serialising schema upgrades across nodes
+SCHEMA_LOCK = 0x6D61696C67770001  # "mailgw" 0001
+
+_DISCONNECTS = (ierror.ConnectionDone, ierror.ConnectionLost, defer.CancelledError,
+                txpostgres.RollbackFailed, txpostgres.AlreadyPolling,
+                txpostgres.UnexpectedPollResult, txpostgres.AlreadyConnected)
+
+
+class _TimedOut(Exception):
+    """The call's deadline passed."""
+
+
+@functools.lru_cache(maxsize=512)
+def to_pyformat(sql: str) -> str:
+    """C{?} placeholders to psycopg2's C{%s}, with literal C{%} doubled.
+
+    Quoted literals, quoted identifiers and comments keep their C{?}."""
+    out, quote, i, n = [], None, 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+            continue
+        elif ch == "?":
+            out.append("%s")
+            i += 1
+            continue
+        out.append("%%" if ch == "%" else ch)
+        i += 1
+    return "".join(out)
+
+
+def _rows(cursor) -> list[tuple]:
+    if cursor.description is None:
+        return []
+    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+            for row in cursor.fetchall()]
+
+
+class _Transaction:
+    """One run of a store generator, statement by statement, on one cursor.
+
+    C{current} is the statement in flight (BEGIN and COMMIT included): what a
+    deadline cancels. After the deadline no further statement is sent.
+    """
+
+    def __init__(self, fn, args, begin: str, timeout: float):
+        self.fn, self.args, self.begin, self.timeout = fn, args, begin, timeout
+        self.current = None
+        self.started = False  # BEGIN succeeded and the generator began
+        self.expired = False
+
+    def execute(self, cursor, sql, params=None):
+        self.current = cursor.execute(sql, params)
+        return self.current
+
+    def __call__(self, cursor):
+        self.started = True
+        done = defer.Deferred()
+        self._advance(cursor, self.fn(*self.args), done, None)
+        return done
+
+    def _advance(self, cursor, gen, done, rows):
+        if self.expired:
+            gen.close()
+            done.errback(_TimedOut())
+            return
+        try:
+            statement = gen.send(rows)
+        except StopIteration as stop:
+            done.callback(stop.value)
+            return
+        except BaseException:
+            done.errback()
+            return
+        if statement.params is None:  # schema text: no placeholders, no % escaping
+            sql, params = statement.sql, None
+        else:
+            sql, params = to_pyformat(statement.sql), tuple(statement.params)
+        d = self.execute(cursor, sql, params)
+        d.addCallbacks(lambda c: self._advance(cursor, gen, done, _rows(c)),
+                       lambda f: (gen.close(), done.errback(f)))
+
+
+class _Connection(txpostgres.Connection):
+    """A pooled connection that can tell it is dead and dies quietly."""
+
+    _ready = False
+
+    def alive(self) -> bool:
+        conn = self._connection
+        return (self._ready and conn is not None and not conn.closed
+                and conn.get_transaction_status()
+                != psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN)
+
+    def connect(self, *args, **kwargs):
+        self._ready = False
+        d = super().connect(*args, **kwargs)
+
+        def ready(result):
+            self._ready = True
+            return result
+        return d.addCallback(ready)
+
+    def close(self):
+        self._ready = False
+        if self._connection is not None:
+            super().close()
+
+    def doRead(self):
+        # An idle connection reads only NOTIFYs and the server's goodbye; let
+        # the goodbye close it instead of escaping to the reactor's log.
+        try:
+            txpostgres.Connection.doRead(self)
+        except (psycopg2.Error, txpostgres.UnexpectedPollResult) as e:
+            log.msg(f"postgresql: idle connection lost: {_first_line(e)}")
+            self.close()
+
+    def _runInteraction(self, txn, *args, **kwargs):
+        cursor = self.cursor()
+        d = txn.execute(cursor, txn.begin)
+        d.addCallback(txn, *args, **kwargs)
+
+        def commit(result):
+            return txn.execute(cursor, "COMMIT").addCallback(lambda _: result)
+
+        def rollback(reason):
+            if not self.alive():
+                return reason  # the server rolls back a session that ended
+            d = txn.execute(cursor, "ROLLBACK")
+
+            def failed(_):
+                self.close()  # unknown state: a new session replaces it
+                return reason
+            return d.addCallbacks(lambda _: reason, failed)
+        return d.addCallback(commit).addErrback(rollback)
+
+
+class _Pool(txpostgres.ConnectionPool):
+    """txpostgres' pool with reconnection, deadlines and a closed state."""
+
+    connectionFactory = _Connection
+
+    def __init__(self, dsn: str, reactor, size: int):
+        self.reactor = reactor
+        super().__init__(None, dsn, min=size)
+        self.every = list(self.connections)
+        self.target = redact(dsn)
+        self.closed = False
+
+    def ensure(self, conn, timeout):
+        """Deferred firing when C{conn} is connected (reconnecting it if needed)."""
+        if conn.alive():
+            return defer.succeed(None)
+        conn.close()
+        d = conn.connect(*self.connargs, **self.connkw)
+        timed_out = []
+
+        def expire():
+            timed_out.append(True)
+            conn.close()  # fails the pending connect with ConnectionDone
+        timer = self.reactor.callLater(timeout, expire)
+
+        def finish(result):
+            if timer.active():
+                timer.cancel()
+            if timed_out:
+                raise StoreUnavailable(f"postgresql: no connection to {self.target} "
+                                       f"within {timeout:g} s")
+            if isinstance(result, failure.Failure) and result.check(psycopg2.Error):
+                raise StoreUnavailable(f"postgresql: cannot connect to {self.target}: "
+                                       f"{_first_line(result.value)}")
+            return result
+        return d.addBoth(finish)
+
+    def start(self, timeout):
+        d = defer.gatherResults([self.ensure(c, timeout) for c in self.every],
+                                consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+        return d.addCallback(lambda _: self)
+
+    def close(self):
+        self.closed = True
+        for conn in self.every:
+            conn.close()
+
+    def _runInteraction(self, txn, *args, **kwargs):
+        if self.closed:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        conn = self.connections.pop()
+        d = self._attempt(conn, txn, retry=True)
+        return d.addBoth(self._putBackAndPassthrough, conn)
+
+    def _attempt(self, conn, txn, retry):
+        reused = conn.alive()
+        d = self.ensure(conn, txn.timeout)
+        d.addCallback(lambda _: self._timed(conn, txn))
+        if not (retry and reused):
+            return d
+
+        def stale(reason):
+            # A connection that died while idle (its BEGIN failed, nothing
+            # ran): reconnect and try once more.
+            if txn.started or txn.expired or conn.alive() or self.closed:
+                return reason
+            if not reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
+                return reason
+            txn.current = None
+            return self._attempt(conn, txn, retry=False)
+        return d.addErrback(stale)
+
+    def _timed(self, conn, txn):
+        d = conn.runInteraction(txn)
+        grace = []
+
+        def expire():
+            txn.expired = True
+            current = txn.current
+            if current is not None and not current.called:
+                try:
+                    conn.cancel(current)
+                    grace.append(self.reactor.callLater(CANCEL_GRACE, conn.close))
+                    return
+                except Exception as e:  # the cancel request could not be sent
+                    log.msg(f"postgresql: cancel failed: {_first_line(e)}")
+            conn.close()
+        timer = self.reactor.callLater(txn.timeout, expire)
+
+        def finish(result):
+            for call in [timer, *grace]:
+                if call.active():
+                    call.cancel()
+            return result
+        return d.addBoth(finish)
+
+
+def _first_line(e) -> str:
+    """An error's primary message: psycopg2's DETAIL lines may quote row
+    values (a credential key), which must stay out of errors and logs."""
+    primary = None
+    if getattr(e, "pgcode", None):  # reported by the server
+        primary = e.diag.message_primary
+    text = primary or str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _translate(reason, txn):
+    if reason.check(psycopg2.IntegrityError) and not txn.expired:
+        raise Conflict(_first_line(reason.value))
+    if reason.check(_TimedOut) or (txn.expired and reason.check(psycopg2.Error, *_DISCONNECTS)):
+        raise StoreUnavailable(f"postgresql: no answer within {txn.timeout:g} s")
+    if reason.check(psycopg2.Error, *_DISCONNECTS):
+        raise StoreUnavailable(f"postgresql: {_first_line(reason.value)}")
+    return reason
+
+
+def redact(url: str) -> str:
+    """C{url} with any password replaced by C{***}."""
+    url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://?"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+class PostgresStore(Store):
+    engine = "postgresql"
+
+    def __init__(self, url: str, reactor, pool_size: int = 4,
+                 timeout: float = DEFAULT_TIMEOUT):
+        super().__init__(reactor)
+        self.url = url
+        self._reactor = reactor
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pool = None
+
+    def __repr__(self):
+        return f"<PostgresStore {redact(self.url)}>"
+
+    def start(self):
+        """Connect the whole pool; fails with StoreUnavailable (and leaves
+        nothing open) when the server cannot be reached."""
+        self._pool = _Pool(self.url, self._reactor, self._pool_size)
+        d = self._pool.start(self._timeout)
+
+        def failed(reason):
+            self._pool.close()
+            self._pool = None
+            if reason.check(StoreUnavailable):
+                return reason
+            raise StoreUnavailable(f"postgresql: {_first_line(reason.value)}")
+        return d.addCallbacks(lambda _: None, failed)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        # let the polling callbacks already scheduled by the closed
+        # connections run, so nothing of ours is left in the reactor
+        return task.deferLater(self._reactor, 0, lambda: None)
+
+    def _interact(self, begin, fn, args, timeout=None):
+        if self._pool is None:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        txn = _Transaction(fn, args, begin, timeout or self._timeout)
+        d = self._pool.runInteraction(txn)
+        return d.addErrback(_translate, txn)
+
+    def _run(self, fn, *args):
+        return self._interact("BEGIN", fn, args)
+
+    def _read(self, fn, *args):
+        return self._interact("BEGIN READ ONLY", fn, args)
+
+    def upgrade(self):
+        return self._interact("BEGIN", _upgrade, (), timeout=max(self._timeout,
+                                                                UPGRADE_TIMEOUT))
+
+
+def _upgrade():
+    # The lock makes a second node wait, then see the versions the first one
+    # committed (each READ COMMITTED statement takes a new snapshot).
+    yield Q("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+    yield Q("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+            "applied_at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch from now()))", None)
+    rows = yield Q("SELECT coalesce(max(version), 0) FROM schema_version")
+    current = rows[0][0]
+    applied = []
+    for version, sql in schema_files("postgresql"):
+        if version <= current:
+            continue
+        for statement in split_statements(sql):
+            yield Q(statement, None)
+        yield Q("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        applied.append(version)
+    return applied

@@ -1,0 +1,679 @@
+"""The store contract: every method of IDirectory, IQueue and IAdmin, written
+once (L{StoreContract}) and run against each engine.
+
+An engine's TestCase supplies two hooks: C{new_location()} (a fresh, empty
+database: a file path or a URL) and C{store_at(location)} (an unstarted store
+on it). C{make_store()} starts one and closes it in the test's cleanup.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from mailgw.interfaces import Conflict, IStore, NotFound, StoreUnavailable
+from mailgw.model import MessageEnvelope, generate_key, generate_token
+from mailgw.store.base import CHUNK_SIZE, Q, schema_files
+from tests import pgcluster
+from tests.store import postgres_admin
+
+
+def _count_chunks(message_id):
+    rows = yield Q("SELECT count(*) FROM message_chunks WHERE message_id = ?", (message_id,))
+    return rows[0][0]
+
+
+def _literal_percent_and_question(value):
+    rows = yield Q("SELECT '100%' || ?, 5 % 3, '?' -- a comment with ? and %\n", (value,))
+    return rows
+
+
+def _insert_organization_twice(permalink):
+    for _ in range(2):
+        yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
+                "VALUES (?, ?, ?, ?)", (permalink, "x", False, 0.0))
+
+
+class StoreContract:
+    """Mixed into a C{TestCase} with C{new_location} and C{store_at}."""
+
+    def new_location(self):
+        raise NotImplementedError
+
+    def store_at(self, location):
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def make_store(self, location=None):
+        """A started store on C{location} (default: this test's database)."""
+        store = self.store_at(self.location if location is None else location)
+        yield store.start()
+        self.addCleanup(store.close)
+        return store
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.location = self.new_location()
+        self.store = yield self.make_store()
+        self.applied = yield self.store.upgrade()
+
+    # -- fixtures ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def tenancy(self):
+        """acme/mail, acme/other and globex/main."""
+        s = self.store
+        yield s.add_organization("acme", "Acme")
+        yield s.add_organization("globex", "Globex")
+        self.mail = yield s.add_server("acme", "mail", "Mail")
+        self.other = yield s.add_server("acme", "other", "Other")
+        self.main = yield s.add_server("globex", "main", "Main")
+
+    def envelope(self, server, rcpts=("a@x.example",), **kw):
+        kw.setdefault("token", generate_token(12))
+        return MessageEnvelope(server_id=server.id, credential_id=kw.pop("credential_id", None),
+                               mail_from=kw.pop("mail_from", "from@acme.example"),
+                               rcpt_to=tuple(rcpts), sender_domain=kw.pop("domain", "acme.example"),
+                               protocol="smtp", **kw)
+
+    # -- IAdmin: schema and the interface --------------------------------------
+
+    def test_provides_istore(self):
+        self.assertTrue(verifyObject(IStore, self.store))
+        self.assertIn(self.store.engine, ("sqlite", "postgresql"))
+
+    @defer.inlineCallbacks
+    def test_upgrade_applies_every_version_once(self):
+        shipped = [v for v, _ in schema_files(self.store.engine)]
+        self.assertEqual(self.applied, shipped)
+        self.assertEqual((yield self.store.upgrade()), [])
+        again = yield self.make_store()
+        self.assertEqual((yield again.upgrade()), [])
+
+    # -- IAdmin: organizations --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_add_organization(self):
+        org = yield self.store.add_organization("acme", "Acme Inc")
+        self.assertEqual((org.permalink, org.name, org.suspended), ("acme", "Acme Inc", False))
+        self.assertIsInstance(org.id, int)
+        self.assertEqual((yield self.store.list_organizations()), [org])
+
+    @defer.inlineCallbacks
+    def test_add_organization_conflict(self):
+        yield self.store.add_organization("acme", "Acme")
+        yield self.assertFailure(self.store.add_organization("acme", "Again"), Conflict)
+        self.assertEqual(len((yield self.store.list_organizations())), 1)
+
+    @defer.inlineCallbacks
+    def test_list_organizations_in_byte_order(self):
+        for permalink in ("b", "ab", "a0", "a-c"):
+            yield self.store.add_organization(permalink, permalink.upper())
+        orgs = yield self.store.list_organizations()
+        self.assertEqual([o.permalink for o in orgs], ["a-c", "a0", "ab", "b"])
+
+    @defer.inlineCallbacks
+    def test_set_organization_suspended(self):
+        yield self.tenancy()
+        org = yield self.store.set_organization_suspended("acme", True)
+        self.assertTrue(org.suspended)
+        server = yield self.store.server_by_id(self.mail.id)
+        self.assertTrue(server.organization_suspended)
+        self.assertFalse(server.suspended)
+        self.assertTrue(server.is_suspended)
+        untouched = yield self.store.server_by_id(self.main.id)
+        self.assertFalse(untouched.is_suspended)
+        org = yield self.store.set_organization_suspended("acme", False)
+        self.assertFalse(org.suspended)
+        self.assertFalse((yield self.store.server_by_id(self.mail.id)).is_suspended)
+
+    def test_set_organization_suspended_not_found(self):
+        return self.assertFailure(self.store.set_organization_suspended("nope", True), NotFound)
+
+    # -- IAdmin: servers ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_add_server_defaults(self):
+        org = yield self.store.add_organization("acme", "Acme")
+        server = yield self.store.add_server("acme", "mail", "Mail")
+        self.assertEqual(
+            (server.organization_id, server.organization_permalink, server.permalink,
+             server.name, server.allow_sender_header, server.privacy_mode, server.mode,
+             server.suspended, server.organization_suspended, server.send_limit),
+            (org.id, "acme", "mail", "Mail", False, False, "live", False, False, None))
+        self.assertEqual(server.full_name, "acme/mail")
+
+    @defer.inlineCallbacks
+    def test_add_server_flags(self):
+        yield self.store.add_organization("acme", "Acme")
+        server = yield self.store.add_server(
+            "acme", "dev", "Dev", allow_sender_header=True, privacy_mode=True,
+            mode="development", send_limit=100, suspended=True)
+        self.assertEqual(
+            (server.allow_sender_header, server.privacy_mode, server.mode,
+             server.send_limit, server.suspended),
+            (True, True, "development", 100, True))
+        self.assertEqual((yield self.store.get_server("acme", "dev")), server)
+
+    @defer.inlineCallbacks
+    def test_add_server_conflict_and_not_found(self):
+        yield self.tenancy()
+        yield self.assertFailure(self.store.add_server("acme", "mail", "Again"), Conflict)
+        yield self.assertFailure(self.store.add_server("nope", "mail", "Mail"), NotFound)
+        # the same permalink in another organization is another server
+        server = yield self.store.add_server("globex", "mail", "Mail")
+        self.assertEqual(server.full_name, "globex/mail")
+
+    @defer.inlineCallbacks
+    def test_update_server(self):
+        yield self.tenancy()
+        server = yield self.store.update_server(
+            "acme", "mail", allow_sender_header=True, privacy_mode=True,
+            mode="development", send_limit=50, suspended=True)
+        self.assertEqual(
+            (server.allow_sender_header, server.privacy_mode, server.mode,
+             server.send_limit, server.suspended, server.is_suspended),
+            (True, True, "development", 50, True, True))
+        self.assertEqual((yield self.store.server_by_id(self.mail.id)), server)
+        server = yield self.store.update_server("acme", "mail", send_limit=None,
+                                                suspended=False)
+        self.assertEqual((server.send_limit, server.suspended), (None, False))
+
+    @defer.inlineCallbacks
+    def test_update_server_is_atomic(self):
+        yield self.tenancy()
+        # the first change runs, then the unknown setting aborts the transaction
+        yield self.assertFailure(
+            self.store.update_server("acme", "mail", privacy_mode=True, colour="red"),
+            ValueError)
+        server = yield self.store.get_server("acme", "mail")
+        self.assertFalse(server.privacy_mode)
+
+    @defer.inlineCallbacks
+    def test_update_server_rejects_unknown_mode(self):
+        yield self.tenancy()
+        yield self.assertFailure(self.store.update_server("acme", "mail", mode="bogus"),
+                                 Conflict)
+        self.assertEqual((yield self.store.get_server("acme", "mail")).mode, "live")
+
+    def test_update_server_not_found(self):
+        return self.assertFailure(self.store.update_server("acme", "nope", suspended=True),
+                                  NotFound)
+
+    @defer.inlineCallbacks
+    def test_get_server(self):
+        yield self.tenancy()
+        self.assertEqual((yield self.store.get_server("acme", "mail")), self.mail)
+        yield self.assertFailure(self.store.get_server("acme", "nope"), NotFound)
+        yield self.assertFailure(self.store.get_server("globex", "mail"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_list_servers(self):
+        yield self.tenancy()
+        self.assertEqual((yield self.store.list_servers()), [self.mail, self.other, self.main])
+        self.assertEqual((yield self.store.list_servers("acme")), [self.mail, self.other])
+        self.assertEqual((yield self.store.list_servers("globex")), [self.main])
+        yield self.assertFailure(self.store.list_servers("nope"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_server_by_id(self):
+        yield self.tenancy()
+        self.assertEqual((yield self.store.server_by_id(self.other.id)), self.other)
+        self.assertIsNone((yield self.store.server_by_id(self.main.id + 1000)))
+
+    # -- IAdmin: domains --------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_add_domain_of_server(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("Mail.Acme.EXAMPLE.", server=("acme", "mail"),
+                                             verified=True, use_for_any=True)
+        self.assertEqual(
+            (domain.name, domain.server_id, domain.organization_id, domain.verified,
+             domain.use_for_any, domain.owner),
+            ("mail.acme.example", self.mail.id, None, True, True, "acme/mail"))
+
+    @defer.inlineCallbacks
+    def test_add_domain_of_organization(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("acme.example", organization="acme")
+        self.assertEqual(
+            (domain.name, domain.server_id, domain.organization_id, domain.verified,
+             domain.use_for_any, domain.owner),
+            ("acme.example", None, self.mail.organization_id, False, False, "acme"))
+
+    @defer.inlineCallbacks
+    def test_add_domain_idn_is_stored_as_a_labels(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("bücher.example", organization="acme")
+        self.assertEqual(domain.name, "xn--bcher-kva.example")
+
+    @defer.inlineCallbacks
+    def test_add_domain_conflict(self):
+        yield self.tenancy()
+        yield self.store.add_domain("acme.example", server=("acme", "mail"))
+        yield self.assertFailure(
+            self.store.add_domain("ACME.example", server=("acme", "mail")), Conflict)
+        yield self.store.add_domain("acme.example", organization="acme")
+        yield self.assertFailure(
+            self.store.add_domain("acme.example", organization="acme"), Conflict)
+        # other owners may claim the same name
+        yield self.store.add_domain("acme.example", server=("acme", "other"))
+        self.assertEqual(len((yield self.store.list_domains())), 3)
+
+    @defer.inlineCallbacks
+    def test_add_domain_invalid(self):
+        yield self.tenancy()
+        yield self.assertFailure(
+            self.store.add_domain("not a domain", organization="acme"), ValueError)
+        yield self.assertFailure(
+            self.store.add_domain("x.example", server=("acme", "mail"), organization="acme"),
+            ValueError)
+        yield self.assertFailure(self.store.add_domain("x.example"), ValueError)
+        yield self.assertFailure(
+            self.store.add_domain("x.example", organization="acme", use_for_any=True),
+            ValueError)
+        yield self.assertFailure(
+            self.store.add_domain("x.example", server=("acme", "nope")), NotFound)
+        yield self.assertFailure(
+            self.store.add_domain("x.example", organization="nope"), NotFound)
+        self.assertEqual((yield self.store.list_domains()), [])
+
+    @defer.inlineCallbacks
+    def test_list_domains(self):
+        yield self.tenancy()
+        b = yield self.store.add_domain("b.example", server=("acme", "mail"))
+        a = yield self.store.add_domain("a.example", server=("acme", "mail"))
+        org = yield self.store.add_domain("a-org.example", organization="acme")
+        other = yield self.store.add_domain("c.example", server=("acme", "other"))
+        self.assertEqual((yield self.store.list_domains()), [org, a, b, other])
+        self.assertEqual((yield self.store.list_domains(server=("acme", "mail"))), [a, b])
+        self.assertEqual((yield self.store.list_domains(organization="acme")), [org])
+        self.assertEqual((yield self.store.list_domains(organization="globex")), [])
+        yield self.assertFailure(self.store.list_domains(server=("acme", "nope")), NotFound)
+        yield self.assertFailure(self.store.list_domains(organization="nope"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_set_domain_verified(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("acme.example", organization="acme")
+        updated = yield self.store.set_domain_verified(domain.id, True)
+        self.assertTrue(updated.verified)
+        self.assertEqual((yield self.store.list_domains()), [updated])
+        self.assertFalse((yield self.store.set_domain_verified(domain.id, False)).verified)
+        yield self.assertFailure(self.store.set_domain_verified(domain.id + 1000, True),
+                                 NotFound)
+
+    @defer.inlineCallbacks
+    def test_remove_domain(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("acme.example", organization="acme")
+        self.assertIsNone((yield self.store.remove_domain(domain.id)))
+        self.assertEqual((yield self.store.list_domains()), [])
+        yield self.assertFailure(self.store.remove_domain(domain.id), NotFound)
+
+    # -- IAdmin: credentials ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_add_credential(self):
+        yield self.tenancy()
+        key = generate_key()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", key, name="app")
+        self.assertEqual(
+            (cred.server_id, cred.type, cred.key, cred.name, cred.hold, cred.last_used_at),
+            (self.mail.id, "smtp", key, "app", False, None))
+        held = yield self.store.add_credential(("acme", "mail"), "api", generate_key(),
+                                               hold=True)
+        self.assertTrue(held.hold)
+        self.assertEqual(held.name, "")
+
+    @defer.inlineCallbacks
+    def test_add_credential_conflict_and_not_found(self):
+        yield self.tenancy()
+        key = generate_key()
+        yield self.store.add_credential(("acme", "mail"), "smtp", key)
+        failure = yield self.assertFailure(
+            self.store.add_credential(("globex", "main"), "api", key), Conflict)
+        self.assertNotIn(key, str(failure))
+        yield self.assertFailure(
+            self.store.add_credential(("acme", "nope"), "smtp", generate_key()), NotFound)
+
+    @defer.inlineCallbacks
+    def test_add_credential_race_is_a_conflict(self):
+        """Two concurrent adds of one key: one wins, the other is a Conflict
+        (the database's unique index, on an engine that runs them at once)
+        whose message does not quote the key."""
+        yield self.tenancy()
+        key = generate_key()
+        results = yield defer.DeferredList(
+            [self.store.add_credential(("acme", "mail"), "smtp", key),
+             self.store.add_credential(("acme", "other"), "smtp", key)],
+            consumeErrors=True)
+        outcomes = sorted(ok for ok, _ in results)
+        self.assertEqual(outcomes, [False, True])
+        failure = next(r for ok, r in results if not ok)
+        failure.trap(Conflict)
+        self.assertNotIn(key, str(failure.value))
+
+    @defer.inlineCallbacks
+    def test_list_credentials(self):
+        yield self.tenancy()
+        first = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        second = yield self.store.add_credential(("acme", "mail"), "api", generate_key())
+        yield self.store.add_credential(("acme", "other"), "smtp", generate_key())
+        self.assertEqual((yield self.store.list_credentials(("acme", "mail"))),
+                         [first, second])
+        self.assertEqual((yield self.store.list_credentials(("globex", "main"))), [])
+        yield self.assertFailure(self.store.list_credentials(("acme", "nope")), NotFound)
+
+    @defer.inlineCallbacks
+    def test_set_credential_hold(self):
+        yield self.tenancy()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        held = yield self.store.set_credential_hold(cred.id, True)
+        self.assertTrue(held.hold)
+        found, _ = yield self.store.credential_by_key(cred.key, "smtp")
+        self.assertTrue(found.hold)
+        self.assertFalse((yield self.store.set_credential_hold(cred.id, False)).hold)
+        yield self.assertFailure(self.store.set_credential_hold(cred.id + 1000, True),
+                                 NotFound)
+
+    @defer.inlineCallbacks
+    def test_remove_credential(self):
+        yield self.tenancy()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        self.assertIsNone((yield self.store.remove_credential(cred.id)))
+        self.assertIsNone((yield self.store.credential_by_key(cred.key, "smtp")))
+        self.assertEqual((yield self.store.list_credentials(("acme", "mail"))), [])
+        yield self.assertFailure(self.store.remove_credential(cred.id), NotFound)
+
+    # -- IDirectory ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_credential_by_key(self):
+        yield self.tenancy()
+        key = generate_key()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", key, name="app")
+        found = yield self.store.credential_by_key(key, "smtp")
+        self.assertEqual(found, (cred, self.mail))
+        self.assertNotIn(key, repr(found))
+        self.assertIsNone((yield self.store.credential_by_key(key, "api")))
+        self.assertIsNone((yield self.store.credential_by_key(generate_key(), "smtp")))
+        self.assertIsNone((yield self.store.credential_by_key(key[:-1], "smtp")))
+        self.assertIsNone((yield self.store.credential_by_key("", "smtp")))
+
+    @defer.inlineCallbacks
+    def test_credentials_of_server(self):
+        yield self.tenancy()
+        a = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        yield self.store.add_credential(("acme", "mail"), "api", generate_key())
+        b = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        yield self.store.add_credential(("acme", "other"), "smtp", generate_key())
+        self.assertEqual((yield self.store.credentials_of_server("acme", "mail", "smtp")),
+                         (self.mail, [a, b]))
+        self.assertEqual((yield self.store.credentials_of_server("globex", "main", "smtp")),
+                         (self.main, []))
+        self.assertIsNone((yield self.store.credentials_of_server("acme", "nope", "smtp")))
+
+    @defer.inlineCallbacks
+    def test_credential_for_address(self):
+        yield self.tenancy()
+        add = self.store.add_credential
+        wide = yield add(("acme", "mail"), "smtp-ip", "10.0.0.0/8")
+        narrow = yield add(("acme", "other"), "smtp-ip", "10.1.0.0/16")
+        host = yield add(("globex", "main"), "smtp-ip", "10.1.2.3/32")
+        v6 = yield add(("globex", "main"), "smtp-ip", "2001:db8::/32")
+        # an smtp key that looks like an address is not a network credential
+        yield add(("acme", "mail"), "smtp", "192.0.2.1")
+        lookup = self.store.credential_for_address
+        self.assertEqual((yield lookup("10.9.9.9")), (wide, self.mail))
+        self.assertEqual((yield lookup("10.1.9.9")), (narrow, self.other))
+        self.assertEqual((yield lookup("10.1.2.3")), (host, self.main))
+        self.assertEqual((yield lookup("::ffff:10.1.9.9")), (narrow, self.other))
+        self.assertEqual((yield lookup("2001:db8:1::25")), (v6, self.main))
+        self.assertIsNone((yield lookup("2001:db9::1")))
+        self.assertIsNone((yield lookup("192.0.2.1")))
+        self.assertIsNone((yield lookup("::ffff:192.0.2.1")))
+
+    @defer.inlineCallbacks
+    def test_authorised_domains(self):
+        yield self.tenancy()
+        add = self.store.add_domain
+        yield add("Mail.example", server=("acme", "mail"), verified=True)
+        yield add("unverified.example", server=("acme", "mail"))
+        yield add("any.example", server=("acme", "mail"), verified=True, use_for_any=True)
+        yield add("acme.example", organization="acme", verified=True)
+        yield add("pending.example", organization="acme")
+        yield add("other.example", server=("acme", "other"), verified=True)
+        yield add("anyother.example", server=("acme", "other"), use_for_any=True)
+        yield add("globex.example", organization="globex", verified=True)
+        self.assertEqual((yield self.store.authorised_domains(self.mail.id)),
+                         (frozenset({"mail.example", "any.example", "acme.example"}), True))
+        # an unverified use_for_any domain grants nothing
+        self.assertEqual((yield self.store.authorised_domains(self.other.id)),
+                         (frozenset({"other.example", "acme.example"}), False))
+        self.assertEqual((yield self.store.authorised_domains(self.main.id)),
+                         (frozenset({"globex.example"}), False))
+        self.assertEqual((yield self.store.authorised_domains(self.main.id + 1000)),
+                         (frozenset(), False))
+
+    @defer.inlineCallbacks
+    def test_suspended_server_seen_by_credential_look_up(self):
+        yield self.tenancy()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        yield self.store.update_server("acme", "mail", suspended=True)
+        _, server = yield self.store.credential_by_key(cred.key, "smtp")
+        self.assertEqual((server.suspended, server.organization_suspended), (True, False))
+        yield self.store.update_server("acme", "mail", suspended=False)
+        yield self.store.set_organization_suspended("acme", True)
+        server, _ = yield self.store.credentials_of_server("acme", "mail", "smtp")
+        self.assertEqual((server.suspended, server.organization_suspended), (False, True))
+        self.assertTrue(server.is_suspended)
+
+    @defer.inlineCallbacks
+    def test_touch_credential(self):
+        yield self.tenancy()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        self.assertIsNone((yield self.store.touch_credential(cred.id, 1700000000.25)))
+        [found] = yield self.store.list_credentials(("acme", "mail"))
+        self.assertEqual(found.last_used_at, 1700000000.25)
+
+    @defer.inlineCallbacks
+    def test_messages_since(self):
+        yield self.tenancy()
+        from twisted.internet import reactor
+        before = reactor.seconds() - 1
+        for _ in range(2):
+            yield self.store.enqueue(self.envelope(self.mail), io.BytesIO(b"x"))
+        yield self.store.enqueue(self.envelope(self.other), io.BytesIO(b"x"))
+        self.assertEqual((yield self.store.messages_since(self.mail.id, before)), 2)
+        self.assertEqual((yield self.store.messages_since(self.other.id, before)), 1)
+        self.assertEqual((yield self.store.messages_since(self.main.id, before)), 0)
+        self.assertEqual((yield self.store.messages_since(self.mail.id, before + 3600)), 0)
+
+    # -- IQueue --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_enqueue_one_row_per_recipient(self):
+        yield self.tenancy()
+        from twisted.internet import reactor
+        before = reactor.seconds()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        env = self.envelope(self.mail, ["a@x.example", "b@y.example"], token="TOKEN0001",
+                            credential_id=cred.id)
+        body = b"Subject: hi\r\n\r\nbody\r\n"
+        ids = yield self.store.enqueue(env, io.BytesIO(body))
+        self.assertEqual(sorted(ids), ["a@x.example", "b@y.example"])
+        entry = yield self.store.get_entry(ids["a@x.example"])
+        self.assertEqual(
+            (entry.id, entry.token, entry.server, entry.server_id, entry.credential_id,
+             entry.mail_from, entry.rcpt_to, entry.status, entry.size, entry.domain,
+             entry.hold_reason, entry.attempts, entry.last_error),
+            (ids["a@x.example"], "TOKEN0001", "acme/mail", self.mail.id, cred.id,
+             "from@acme.example", "a@x.example", "queued", len(body), "acme.example",
+             None, 0, None))
+        self.assertTrue(before - 1 <= entry.created_at <= reactor.seconds() + 1)
+        self.assertEqual(entry.next_attempt_at, entry.created_at)
+        other = yield self.store.get_entry(ids["b@y.example"])
+        self.assertEqual((other.message_id, other.rcpt_to), (entry.message_id, "b@y.example"))
+        self.assertEqual([e.id for e in (yield self.store.list_entries())],
+                         [ids["a@x.example"], ids["b@y.example"]])
+
+    @defer.inlineCallbacks
+    def test_enqueue_held(self):
+        yield self.tenancy()
+        env = self.envelope(self.mail, ["a@x.example"], status="held",
+                            hold_reason="credential is on hold")
+        ids = yield self.store.enqueue(env, io.BytesIO(b"x"))
+        entry = yield self.store.get_entry(ids["a@x.example"])
+        self.assertEqual((entry.status, entry.hold_reason), ("held", "credential is on hold"))
+
+    @defer.inlineCallbacks
+    def test_enqueue_large_body_byte_exact(self):
+        """A body of 3 MiB and more, every byte value (NUL and 8-bit included),
+        read from the file's start wherever its position was."""
+        yield self.tenancy()
+        body = bytes(range(256)) * (3 * CHUNK_SIZE // 256) + b"\x00\r\n.\r\n\xff tail"
+        f = io.BytesIO(body)
+        f.seek(0, os.SEEK_END)
+        ids = yield self.store.enqueue(self.envelope(self.mail), f)
+        entry = yield self.store.get_entry(ids["a@x.example"])
+        self.assertEqual(entry.size, len(body))
+        stored = yield self.store.read_body(entry.message_id)
+        self.assertIsInstance(stored, bytes)
+        self.assertEqual(len(stored), len(body))
+        self.assertTrue(stored == body, "the stored body differs from the one enqueued")
+        self.assertEqual((yield self.store._read(_count_chunks, entry.message_id)), 4)
+
+    @defer.inlineCallbacks
+    def test_enqueue_empty_body(self):
+        yield self.tenancy()
+        ids = yield self.store.enqueue(self.envelope(self.mail), io.BytesIO(b""))
+        entry = yield self.store.get_entry(ids["a@x.example"])
+        self.assertEqual(entry.size, 0)
+        self.assertEqual((yield self.store.read_body(entry.message_id)), b"")
+
+    @defer.inlineCallbacks
+    def test_enqueue_is_all_or_nothing(self):
+        yield self.tenancy()
+        yield self.store.enqueue(self.envelope(self.mail, token="SAME"), io.BytesIO(b"1"))
+        yield self.assertFailure(
+            self.store.enqueue(self.envelope(self.mail, ["b@x.example", "c@x.example"],
+                                             token="SAME"), io.BytesIO(b"2" * 10)),
+            Conflict)
+        entries = yield self.store.list_entries()
+        self.assertEqual([e.rcpt_to for e in entries], ["a@x.example"])
+        self.assertEqual((yield self.store.messages_since(self.mail.id, 0)), 1)
+
+    @defer.inlineCallbacks
+    def test_concurrent_enqueues(self):
+        yield self.tenancy()
+        bodies = {f"T{i:04d}": os.urandom(1000 + i) for i in range(20)}
+        results = yield defer.gatherResults([
+            self.store.enqueue(self.envelope(self.mail, [f"r{i}@x.example"], token=token),
+                               io.BytesIO(body))
+            for i, (token, body) in enumerate(bodies.items())])
+        self.assertEqual(len(results), 20)
+        entries = yield self.store.list_entries()
+        self.assertEqual(len(entries), 20)
+        for entry in entries:
+            self.assertEqual((yield self.store.read_body(entry.message_id)),
+                             bodies[entry.token])
+
+    @defer.inlineCallbacks
+    def test_list_entries_filters(self):
+        yield self.tenancy()
+        q1 = yield self.store.enqueue(self.envelope(self.mail, ["1@x.example", "2@x.example"]),
+                                      io.BytesIO(b"a"))
+        h = yield self.store.enqueue(
+            self.envelope(self.mail, ["3@x.example"], status="held", hold_reason="why"),
+            io.BytesIO(b"b"))
+        o = yield self.store.enqueue(self.envelope(self.other, ["4@x.example"]),
+                                     io.BytesIO(b"c"))
+        g = yield self.store.enqueue(self.envelope(self.main, ["5@x.example"]),
+                                     io.BytesIO(b"d"))
+        ids = lambda entries: [e.id for e in entries]  # noqa: E731
+        every = [q1["1@x.example"], q1["2@x.example"], h["3@x.example"],
+                 o["4@x.example"], g["5@x.example"]]
+        self.assertEqual(ids((yield self.store.list_entries())), every)
+        self.assertEqual(ids((yield self.store.list_entries(status="held"))),
+                         [h["3@x.example"]])
+        self.assertEqual(ids((yield self.store.list_entries(server="acme/mail"))), every[:3])
+        self.assertEqual(ids((yield self.store.list_entries(status="queued",
+                                                            server="acme/mail"))), every[:2])
+        self.assertEqual(ids((yield self.store.list_entries(server="globex/main"))),
+                         every[4:])
+        self.assertEqual(ids((yield self.store.list_entries(limit=2))), every[:2])
+        self.assertEqual(ids((yield self.store.list_entries(status="queued", limit=3))),
+                         [every[0], every[1], every[3]])
+        self.assertEqual((yield self.store.list_entries(status="sent")), [])
+        self.assertEqual((yield self.store.list_entries(server="acme/nope")), [])
+
+    @defer.inlineCallbacks
+    def test_get_entry_not_found(self):
+        yield self.tenancy()
+        yield self.assertFailure(self.store.get_entry(12345), NotFound)
+
+    # -- engine behaviour every engine must share ----------------------------------------
+
+    @defer.inlineCallbacks
+    def test_changes_are_seen_by_another_store(self):
+        """The directory is always current: what one store (the command line,
+        another node) commits, another already-open store sees next call."""
+        yield self.tenancy()
+        other = yield self.make_store()
+        cred = yield self.store.add_credential(("acme", "mail"), "smtp", generate_key())
+        found = yield other.credential_by_key(cred.key, "smtp")
+        self.assertEqual(found[0], cred)
+        yield other.set_credential_hold(cred.id, True)
+        found = yield self.store.credential_by_key(cred.key, "smtp")
+        self.assertTrue(found[0].hold)
+
+    @defer.inlineCallbacks
+    def test_sql_with_literal_percent_and_question_mark(self):
+        rows = yield self.store._read(_literal_percent_and_question, "x")
+        self.assertEqual([tuple(r) for r in rows], [("100%x", 2, "?")])
+
+    @defer.inlineCallbacks
+    def test_integrity_error_is_a_conflict_without_row_values(self):
+        failure = yield self.assertFailure(
+            self.store._run(_insert_organization_twice, "secret-permalink"), Conflict)
+        self.assertNotIn("secret-permalink", str(failure))
+        self.assertEqual((yield self.store.list_organizations()), [])
+
+    @defer.inlineCallbacks
+    def test_closed_store_is_unavailable(self):
+        store = yield self.make_store()
+        yield store.close()
+        yield self.assertFailure(store.list_organizations(), StoreUnavailable)
+        yield self.assertFailure(store.add_organization("x", "X"), StoreUnavailable)
+
+
+class SQLiteContractTests(StoreContract, unittest.TestCase):
+    """The contract on SQLite, on a real file."""
+
+    def new_location(self):
+        return os.path.join(self.mktemp(), "mailgw.sqlite3")
+
+    def store_at(self, location):
+        from twisted.internet import reactor
+        from mailgw.store.sqlite import SQLiteStore
+        return SQLiteStore(location, reactor)
+
+
+class PostgresContractTests(StoreContract, unittest.TestCase):
+    """The contract on PostgreSQL, each test on a fresh database of the run's
+    cluster."""
+
+    def new_location(self):
+        url, drop = pgcluster.fresh_database(postgres_admin())
+        self.addCleanup(drop)
+        return url
+
+    def store_at(self, location):
+        from twisted.internet import reactor
+        from mailgw.store.postgres import PostgresStore
+        return PostgresStore(location, reactor)

@@ -1,0 +1,273 @@
+"""What only the PostgreSQL engine does: upgrades from two nodes at once,
+recovery from an outage, deadlines, and the URL forms libpq accepts."""
+from __future__ import annotations
+
+import os
+import signal
+
+import psycopg2
+from twisted.internet import defer, protocol, threads
+from twisted.trial import unittest
+
+from mailgw.interfaces import StoreUnavailable
+from mailgw.store import open_store, postgres
+from mailgw.store.base import Q, schema_files
+from mailgw.store.postgres import PostgresStore, redact, to_pyformat
+from tests import pgcluster
+from tests.store import postgres_admin, postgres_bindir
+
+
+def _backend_pid():
+    rows = yield Q("SELECT pg_backend_pid()")
+    return rows[0][0]
+
+
+def _setting(name):
+    rows = yield Q("SELECT current_setting(?)", (name,))
+    return rows[0][0]
+
+
+def _write_something():
+    yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
+            "VALUES (?, ?, ?, ?)", ("x", "x", False, 0.0))
+
+
+class PlaceholderTests(unittest.SynchronousTestCase):
+    def test_question_marks_become_pyformat(self):
+        self.assertEqual(to_pyformat("SELECT a FROM t WHERE b = ? AND c = ?"),
+                         "SELECT a FROM t WHERE b = %s AND c = %s")
+
+    def test_literal_percent_is_doubled(self):
+        self.assertEqual(to_pyformat("SELECT 5 % 3, 'x%' || ?"), "SELECT 5 %% 3, 'x%%' || %s")
+
+    def test_quoted_question_marks_stay(self):
+        self.assertEqual(to_pyformat("SELECT '?', \"a?\", 'it''s ?' , ? -- ? %\n"),
+                         "SELECT '?', \"a?\", 'it''s ?' , %s -- ? %%\n")
+
+
+class RedactTests(unittest.SynchronousTestCase):
+    def test_password_is_hidden(self):
+        url = "postgresql://mailgw:s3cret@db.example:5433/mailgw?sslmode=require"
+        self.assertEqual(redact(url), "postgresql://mailgw:***@db.example:5433/mailgw?sslmode=require")
+        store = PostgresStore(url, reactor=None)
+        self.assertNotIn("s3cret", repr(store))
+
+    def test_password_parameter_is_hidden(self):
+        self.assertEqual(redact("postgresql:///mailgw?host=/run/pg&password=s3cret&x=1"),
+                         "postgresql:///mailgw?host=/run/pg&password=***&x=1")
+
+    def test_url_without_password_unchanged(self):
+        for url in ("postgresql:///mailgw?host=/run/postgresql", "postgres://u@h/db"):
+            self.assertEqual(redact(url), url)
+
+    def test_open_store_dispatches_both_schemes(self):
+        for url in ("postgresql://u@h/db", "postgres://u@h/db"):
+            self.assertIsInstance(open_store(url, reactor=None, pool_size=2), PostgresStore)
+
+
+class PostgresStoreTests(unittest.TestCase):
+    """On fresh databases of the run's cluster."""
+
+    def setUp(self):
+        self.admin = postgres_admin()
+
+    def fresh_url(self):
+        url, drop = pgcluster.fresh_database(self.admin)
+        self.addCleanup(drop)
+        return url
+
+    @defer.inlineCallbacks
+    def started(self, url, **kw):
+        from twisted.internet import reactor
+        store = PostgresStore(url, reactor, **kw)
+        yield store.start()
+        self.addCleanup(store.close)
+        return store
+
+    @defer.inlineCallbacks
+    def test_concurrent_upgrades(self):
+        """Two nodes upgrading one fresh database at once both succeed: one
+        applies every version, the other waits for it and applies none."""
+        url = self.fresh_url()
+        first, second = yield defer.gatherResults(
+            [self.started(url), self.started(url)])
+        results = yield defer.gatherResults([first.upgrade(), second.upgrade()])
+        shipped = [v for v, _ in schema_files("postgresql")]
+        self.assertEqual(sorted(results), [[], shipped])
+        self.assertEqual((yield first.list_organizations()), [])
+
+    @defer.inlineCallbacks
+    def test_reads_are_read_only(self):
+        store = yield self.started(self.fresh_url())
+        yield store.upgrade()
+        yield self.assertFailure(store._read(_write_something), StoreUnavailable)
+        yield store._run(_write_something)
+        self.assertEqual(len((yield store.list_organizations())), 1)
+
+    @defer.inlineCallbacks
+    def test_url_parameters_reach_libpq(self):
+        url = self.fresh_url() + "?application_name=mailgw-test&sslmode=disable"
+        store = yield self.started(url)
+        self.assertEqual((yield store._read(_setting, "application_name")), "mailgw-test")
+
+    @defer.inlineCallbacks
+    def test_unix_socket_url(self):
+        url = self.fresh_url()
+        conn = psycopg2.connect(self.admin)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW unix_socket_directories")
+                folder = cur.fetchone()[0].split(",")[0].strip()
+                cur.execute("SHOW port")
+                port = cur.fetchone()[0]
+        finally:
+            conn.close()
+        if not os.path.exists(os.path.join(folder, f".s.PGSQL.{port}")):
+            raise unittest.SkipTest(f"the server's socket {folder} is not on this machine")
+        dbname = url.rsplit("/", 1)[1]
+        socket_url = f"postgresql:///{dbname}?host={folder}&port={port}&user=postgres"
+        store = yield self.started(socket_url)
+        self.assertEqual((yield store.upgrade()), [v for v, _ in schema_files("postgresql")])
+        self.assertEqual((yield store.list_organizations()), [])
+
+    @defer.inlineCallbacks
+    def test_deadline_cancels_a_blocked_statement(self):
+        """A statement that waits past the deadline is cancelled on the server:
+        the call fails with StoreUnavailable and the session survives."""
+        from twisted.internet import reactor
+        url = self.fresh_url()
+        store = yield self.started(url, pool_size=1, timeout=0.5)
+        yield store.upgrade()
+        pid = yield store._read(_backend_pid)
+        holder = psycopg2.connect(url)
+        self.addCleanup(holder.close)
+        holder.cursor().execute("LOCK TABLE organizations IN ACCESS EXCLUSIVE MODE")
+        started = reactor.seconds()
+        yield self.assertFailure(store.list_organizations(), StoreUnavailable)
+        elapsed = reactor.seconds() - started
+        self.assertTrue(0.4 <= elapsed < 0.5 + postgres.CANCEL_GRACE, elapsed)
+        holder.rollback()
+        self.assertEqual((yield store.list_organizations()), [])
+        self.assertEqual((yield store._read(_backend_pid)), pid)
+
+    @defer.inlineCallbacks
+    def test_deadline_hangs_up_on_a_server_that_does_not_answer(self):
+        """When even the cancel goes unanswered (the backend is frozen), the
+        connection is closed; the next call gets a new one."""
+        from twisted.internet import reactor
+        self.patch(postgres, "CANCEL_GRACE", 0.3)
+        store = yield self.started(self.fresh_url(), pool_size=1, timeout=0.3)
+        yield store.upgrade()
+        pid = yield store._read(_backend_pid)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except (PermissionError, ProcessLookupError):
+            raise unittest.SkipTest("the server's processes are not ours to signal")
+        self.addCleanup(_continue, pid)
+        started = reactor.seconds()
+        yield self.assertFailure(store.list_organizations(), StoreUnavailable)
+        self.assertLess(reactor.seconds() - started, 0.3 + 0.3 + 1.0)
+        _continue(pid)
+        self.assertEqual((yield store.list_organizations()), [])
+        self.assertNotEqual((yield store._read(_backend_pid)), pid)
+
+    @defer.inlineCallbacks
+    def test_start_fails_fast_when_nothing_listens(self):
+        from twisted.internet import reactor
+        store = PostgresStore(f"postgresql://postgres@127.0.0.1:{pgcluster.free_port()}/x",
+                              reactor, timeout=5)
+        started = reactor.seconds()
+        failure = yield self.assertFailure(store.start(), StoreUnavailable)
+        self.assertLess(reactor.seconds() - started, 2)
+        self.assertIn("127.0.0.1", str(failure))
+        yield self.assertFailure(store.list_organizations(), StoreUnavailable)
+        yield store.close()
+
+
+def _continue(pid):
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+class SilentServerTests(unittest.TestCase):
+    """A peer that accepts TCP connections and never says a word."""
+
+    @defer.inlineCallbacks
+    def test_connect_deadline(self):
+        from twisted.internet import reactor
+        accepted = []
+
+        class Silent(protocol.Protocol):
+            def connectionMade(self):
+                accepted.append(self)
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Silent),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in accepted])
+        store = PostgresStore(f"postgresql://postgres@127.0.0.1:{port.getHost().port}/x",
+                              reactor, pool_size=2, timeout=0.3)
+        started = reactor.seconds()
+        failure = yield self.assertFailure(store.start(), StoreUnavailable)
+        self.assertLess(reactor.seconds() - started, 1.5)
+        self.assertIn("within 0.3 s", str(failure))
+        yield store.close()
+
+
+class OutageTests(unittest.TestCase):
+    """PostgreSQL goes away and comes back, on a private cluster so that the
+    other tests' server stays up."""
+
+    def setUp(self):
+        postgres_bindir()
+        self.cluster = pgcluster.start_cluster()
+        self.addCleanup(self.cluster.destroy)
+
+    @defer.inlineCallbacks
+    def test_store_recovers_from_an_outage(self):
+        from twisted.internet import reactor
+        store = PostgresStore(self.cluster.url, reactor, pool_size=3, timeout=5)
+        yield store.start()
+        self.addCleanup(store.close)
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+
+        # Down, with the reactor running: idle sessions see the server go.
+        yield threads.deferToThread(self.cluster.stop_server)
+        for _ in range(5):
+            started = reactor.seconds()
+            yield self.assertFailure(store.list_organizations(), StoreUnavailable)
+            self.assertLess(reactor.seconds() - started, 5)
+        results = yield defer.DeferredList(
+            [store.add_organization(f"o{i}", "O") for i in range(6)], consumeErrors=True)
+        for ok, result in results:
+            self.assertFalse(ok)
+            result.trap(StoreUnavailable)
+
+        # Back: the same store works again, every pooled connection included.
+        yield threads.deferToThread(self.cluster.start_server)
+        for _ in range(6):
+            self.assertEqual([o.permalink for o in (yield store.list_organizations())],
+                             ["acme"])
+        orgs = yield defer.gatherResults(
+            [store.add_organization(f"o{i}", "O") for i in range(6)])
+        self.assertEqual(len(orgs), 6)
+
+    @defer.inlineCallbacks
+    def test_restart_unseen_by_the_reactor(self):
+        """A restart the idle sessions could not notice (the reactor was
+        busy): the first call finds its session dead at BEGIN, reconnects and
+        succeeds, since nothing of it had run."""
+        from twisted.internet import reactor
+        store = PostgresStore(self.cluster.url, reactor, pool_size=2, timeout=5)
+        yield store.start()
+        self.addCleanup(store.close)
+        yield store.upgrade()
+        self.cluster.stop_server()
+        self.cluster.start_server()
+        self.assertEqual((yield store.list_organizations()), [])
+        yield store.add_organization("acme", "Acme")
+        results = yield defer.gatherResults([store.list_organizations() for _ in range(4)])
+        self.assertEqual([len(r) for r in results], [1, 1, 1, 1])
