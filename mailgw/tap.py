@@ -17,9 +17,15 @@ class Options(usage.Options):
                 "comes from --config, else $MAILGW_CONFIG, else " + DEFAULT_CONFIG + ".")
     optParameters = [
         ["config", "c", None, "path of the mailgw TOML configuration file"],
+        ["log-format", None, "text", "log lines as 'text' or 'json' (one object a line)"],
     ]
 
     def postOptions(self):
+        if self["log-format"] not in ("text", "json"):
+            raise SystemExit("mailgw: --log-format must be text or json")
+        if self["log-format"] == "json" and self.parent is not None:
+            from mailgw.logs import JSON_OBSERVER
+            self.parent["logger"] = JSON_OBSERVER
         path = self["config"] or os.environ.get("MAILGW_CONFIG") or DEFAULT_CONFIG
         try:
             self["config_value"] = load_config(path)

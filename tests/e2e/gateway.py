@@ -59,7 +59,8 @@ class Gateway:
     """A running ``twistd -n mailgw``; C{ports} lists (tls mode, port) in
     listener order."""
 
-    def __init__(self, folder: str, config_path: str):
+    def __init__(self, folder: str, config_path: str, extra_args=()):
+        self.extra_args = list(extra_args)
         self.folder = folder
         self.config_path = config_path
         self.ports = []
@@ -69,7 +70,8 @@ class Gateway:
     def start(self, expected_listeners: int):
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            _twistd() + ["-n", "--pidfile=", "mailgw", "--config", self.config_path],
+            _twistd() + ["-n", "--pidfile=", "mailgw", "--config", self.config_path]
+            + self.extra_args,
             cwd=self.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONPATH=ROOT))
         deadline = time.monotonic() + START_TIMEOUT

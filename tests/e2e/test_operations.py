@@ -78,3 +78,48 @@ class ShutdownTests(GatewayTestBase):
         self.assertIn("mailgw stopped", self.gateway.log())
         [entry] = self.queue()
         self.assertEqual(entry["rcpt_to"], "user@dest.example")
+
+
+class JSONLogTests(GatewayTestBase):
+    gateway_args = ("--log-format", "json")
+
+    def test_every_line_is_json_with_trace_ids(self):
+        import json
+        client = smtplib.SMTP("127.0.0.1", self.gateway.port(), timeout=30)
+        client.ehlo("json.client")
+        client.user, client.password = "any", "NotTheKey000000000000000"
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            client.auth("PLAIN", client.auth_plain)
+        client.quit()
+        self.gateway.stop()
+        records = [json.loads(line) for line in self.gateway.log().splitlines() if line]
+        self.assertTrue(all({"time", "level", "namespace", "message"} <= r.keys()
+                            for r in records))
+        [failure] = [r for r in records if r["message"].endswith(
+            "Authentication failure for 127.0.0.1")]
+        self.assertRegex(failure["trace"], r"^[A-Z0-9]{8}$")
+        self.assertEqual(failure["level"], "warn")
+        self.assertTrue(any(r["message"].startswith("listening on ") for r in records))
+        self.assertNotIn("NotTheKey", self.gateway.log())
+
+
+class Fail2banFilterTests(GatewayTestBase):
+    def test_filter_matches_the_real_log_line(self):
+        import configparser
+        import os
+        import re
+        from tests.e2e.gateway import ROOT
+        parser = configparser.RawConfigParser()
+        parser.read(os.path.join(ROOT, "etc", "fail2ban", "filter.d", "mailgw.conf"))
+        failregex = parser.get("Definition", "failregex").strip()
+        pattern = re.compile(failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)"))
+        client = smtplib.SMTP("127.0.0.1", self.gateway.port(), timeout=30)
+        client.ehlo("f2b.client")
+        client.user, client.password = "any", "WrongKey"
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+        client.quit()
+        self.gateway.stop()
+        hosts = [m.group("host") for line in self.gateway.log().splitlines()
+                 for m in [pattern.search(line)] if m]
+        self.assertEqual(hosts, ["127.0.0.1"])

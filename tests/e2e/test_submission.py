@@ -27,6 +27,7 @@ class GatewayTestBase(unittest.TestCase):
 
     listeners = [{"endpoint": "tcp:0:interface=127.0.0.1", "tls": "none"}]
     tls = None
+    gateway_args = ()
 
     def database_url(self):
         return "sqlite:" + os.path.join(self.folder, "mailgw.sqlite3")
@@ -49,7 +50,7 @@ class GatewayTestBase(unittest.TestCase):
             self.key = credential.key
         finally:
             yield store.close()
-        self.gateway = Gateway(self.folder, self.config)
+        self.gateway = Gateway(self.folder, self.config, self.gateway_args)
         self.addCleanup(self.gateway.stop)
         self.gateway.start(len(self.listeners))
 
