@@ -50,14 +50,33 @@ class TrackingStore:
             yield defer.succeed(None)
 
 
+def database_url(testcase) -> str:
+    """A fresh database for the test, on the engine the test class names in
+    its C{engine} attribute ("sqlite", the default, or "postgresql": a new
+    database on the run's throwaway cluster, dropped after the test)."""
+    if getattr(testcase, "engine", "sqlite") == "postgresql":
+        from tests import pgcluster
+        from tests.store import postgres_admin
+        url, drop = pgcluster.fresh_database(postgres_admin())
+        testcase.addCleanup(drop)
+        return url
+    folder = os.path.abspath(testcase.mktemp())
+    os.makedirs(folder, exist_ok=True)
+    return "sqlite:" + os.path.join(folder, "mailgw.sqlite3")
+
+
+def on_postgres(cls):
+    """The same tests as C{cls}, on PostgreSQL."""
+    return type("Postgres" + cls.__name__, (cls,),
+                {"engine": "postgresql", "__module__": cls.__module__})
+
+
 @defer.inlineCallbacks
 def make_store(testcase, url=None):
-    """A started, upgraded store (SQLite in the test's temp dir by default),
-    closed when the test ends."""
+    """A started, upgraded store (a fresh database of the test's engine by
+    default), closed when the test ends."""
     if url is None:
-        folder = testcase.mktemp()
-        os.makedirs(folder)
-        url = "sqlite:" + os.path.join(folder, "mailgw.sqlite3")
+        url = database_url(testcase)
     store = open_store(url, reactor)
     yield store.start()
     testcase.addCleanup(store.close)

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from mailgw.store import open_store
 from tests.e2e.gateway import Gateway, mailgw_cli, require_tool, write_config
+from tests.helpers import database_url, on_postgres
 
 MESSAGE = (b"From: App <app@good.example>\r\nTo: user@dest.example\r\n"
            b"Subject: e2e\r\n\r\nfirst line\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9\r\n")
@@ -29,16 +30,14 @@ class GatewayTestBase(unittest.TestCase):
     tls = None
     gateway_args = ()
 
-    def database_url(self):
-        return "sqlite:" + os.path.join(self.folder, "mailgw.sqlite3")
-
     @defer.inlineCallbacks
     def setUp(self):
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
-        self.config = write_config(self.folder, database_url=self.database_url(),
+        self.url = database_url(self)
+        self.config = write_config(self.folder, database_url=self.url,
                                    listeners=self.listeners, tls=self.tls_settings())
-        store = open_store(self.database_url(), reactor)
+        store = open_store(self.url, reactor)
         yield store.start()
         try:
             yield store.upgrade()
@@ -206,3 +205,8 @@ class RawSocketTests(GatewayTestBase):
         token = re.match(rb"^250 OK: queued as ([A-Z0-9]{12})$", final).group(1).decode()
         self.assertEqual(self.read_reply(stream), [b"221 Closing Connection"])
         self.assert_queued(token, rcpts=("a@dest.example", "b@dest.example"))
+
+
+PostgresSmtplibTests = on_postgres(SmtplibTests)
+PostgresOutsideClientTests = on_postgres(OutsideClientTests)
+PostgresRawSocketTests = on_postgres(RawSocketTests)

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailgw.smtp.body import BodyDecoder
-from tests.helpers import HOSTNAME, Harness, b64, make_store, seed_tenancy
+from tests.helpers import on_postgres, HOSTNAME, Harness, b64, make_store, seed_tenancy
 
 KEY = "K" * 24
 HEADERS = "From: Sender <me@good.example>\r\nTo: you@dest.example\r\nSubject: hi\r\n\r\n"
@@ -277,3 +277,9 @@ class BodyDecoderTests(unittest.TestCase):
         data = b"".join(parts)
         cuts = [c for c in cuts if c <= len(data)]
         self.assertEqual(_decode_in_pieces(data, cuts), _decode_in_pieces(data, []))
+
+
+PostgresAcceptTests = on_postgres(AcceptTests)
+PostgresSmugglingTests = on_postgres(SmugglingTests)
+PostgresCheckTests = on_postgres(CheckTests)
+PostgresHoldTests = on_postgres(HoldTests)

@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailgw.smtp.protocol import MAX_BUFFER
-from tests.helpers import HOSTNAME, Harness, b64, cram_answer, make_store, seed_tenancy
+from tests.helpers import on_postgres, HOSTNAME, Harness, b64, cram_answer, make_store, seed_tenancy
 
 KEY = "K" * 24
 MESSAGE = ("From: Sender <me@good.example>\r\nTo: you@dest.example\r\n"
@@ -440,3 +440,12 @@ class IPv6Tests(ProtocolTestBase):
         yield self.real_store.add_credential(("acme", "web"), "smtp-ip", "2001:db8::/64")
         replies = yield self.lines("RCPT TO:<r@dest.example>")
         self.assertEqual(replies, [b"250 OK"])
+
+
+PostgresConnectionTests = on_postgres(ConnectionTests)
+PostgresAuthTests = on_postgres(AuthTests)
+PostgresEnvelopeTests = on_postgres(EnvelopeTests)
+PostgresIPAuthenticationTests = on_postgres(IPAuthenticationTests)
+PostgresMappedIPv4Tests = on_postgres(MappedIPv4Tests)
+PostgresIPv6Tests = on_postgres(IPv6Tests)
+PostgresShutdownTests = on_postgres(ShutdownTests)
