@@ -34,7 +34,7 @@ class GatewayTestBase(unittest.TestCase):
     def setUp(self):
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
-        self.url = database_url(self)
+        self.url = self.database_url_for_test()
         self.config = write_config(self.folder, database_url=self.url,
                                    listeners=self.listeners, tls=self.tls_settings())
         store = open_store(self.url, reactor)
@@ -55,6 +55,9 @@ class GatewayTestBase(unittest.TestCase):
 
     def tls_settings(self):
         return None
+
+    def database_url_for_test(self):
+        return database_url(self)
 
     def queue(self):
         return mailgw_cli(self.config, "queue", "list", "--json")
