@@ -1,0 +1,298 @@
+"""The Postal-compatible HTTP send API: C{/api/v1/send/message} and
+C{/api/v1/send/raw}, authenticated by an C{api} credential's key in the
+C{X-Server-API-Key} header, feeding the same queue as SMTP.
+
+Every answer to an API route is HTTP 200 with JSON
+C{{"status": "success"|"error"|"parameter-error", "time", "flags", "data"}}
+(errors carry C{data.code} and C{data.message}); the exceptions are an
+unknown path (404) and a request body over the size limit (413, see
+L{mailgw.web.limits}), both with the same JSON shape.
+
+A request is answered only once its message is durably committed. The end of
+the road is L{mailgw.smtp.delivery.commit_message}, as for SMTP: it re-reads
+the credential and server, applies the From/Sender policy and decides queued
+or held, so HTTP mail differs from SMTP mail only in its Received line.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from urllib.parse import parse_qs
+
+from twisted.application import internet
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from mailgw.interfaces import StoreError
+from mailgw.model import generate_token
+from mailgw.smtp import replies
+from mailgw.smtp.delivery import QUEUE_ID_LENGTH, commit_message, received_header
+from mailgw.smtp.message import MAX_OWN_RECEIVED, SPOOL_MEMORY, own_received_count
+from mailgw.smtp.sender_policy import header_fields
+from mailgw.web.compose import (
+    APIError, ParameterError, compose_message, header_block, parse_params,
+    raw_submission, too_large,
+)
+from mailgw.web.limits import LimitedRequest, request_body_limit
+
+log = Logger()
+
+ROUTES = {b"/api/v1/send/message": "message", b"/api/v1/send/raw": "raw"}
+#: idle seconds before an HTTP connection is closed (as for SMTP commands)
+IDLE_TIMEOUT = 300
+#: request bodies from this size on are decoded and built on a worker thread
+THREAD_THRESHOLD = 256 * 1024
+
+#: what the shared commit path's refusals mean to an API client
+_COMMIT_ERRORS = {
+    (replies.SERVER_SUSPENDED.code, replies.SERVER_SUSPENDED.text): "ServerSuspended",
+    (replies.SENDER_NOT_VALID.code, replies.SENDER_NOT_VALID.text):
+        "UnauthenticatedFromAddress",
+    (replies.AUTH_REQUIRED.code, replies.AUTH_REQUIRED.text): "InvalidServerAPIKey",
+}
+
+
+def client_ip(request) -> str:
+    return getattr(request.getClientAddress(), "host", None) or ""
+
+
+class SendAPI(Resource):
+    """The one resource of the API site: routes by path, any method."""
+
+    isLeaf = True
+
+    def __init__(self, store, config, clock, throttle):
+        super().__init__()
+        self._store = store
+        self._clock = clock
+        self._throttle = throttle
+        self._hostname = config.hostname
+        self._max_size = config.limits.max_message_size
+        self._max_recipients = config.limits.max_recipients
+        self._spool_directory = config.spool_directory
+        self._threads = IReactorThreads.providedBy(clock)
+
+    def render(self, request):
+        started = self._clock.seconds()
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+        d = self._answer(request)
+        d.addCallback(self._write, request, started, gone)
+        d.addErrback(lambda f: log.failure("HTTP API: answer not written", f))
+        return server.NOT_DONE_YET
+
+    def _write(self, answer, request, started, gone):
+        if gone:
+            return
+        code, status, data = answer
+        body = json.dumps({"status": status,
+                           "time": round(max(0.0, self._clock.seconds() - started), 3),
+                           "flags": {}, "data": data}).encode("utf-8")
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.write(body)
+        request.finish()
+
+    @defer.inlineCallbacks
+    def _answer(self, request):
+        """@return: Deferred firing with C{(http code, status, data)}; never fails."""
+        kind = ROUTES.get(request.path.rstrip(b"/"))
+        if kind is None:
+            return 404, "error", _error(APIError("RouteNotFound"))
+        trace = generate_token(8)
+        ip = client_ip(request)
+        try:
+            credential, server_ = yield self._authenticate(request, ip, trace)
+            data = yield self._submit(request, kind, ip, trace, credential, server_)
+        except APIError as e:
+            return 200, "error", _error(e)
+        except ParameterError as e:
+            return 200, "parameter-error", {"code": "ParameterError", "message": e.message}
+        except StoreError as e:
+            log.error("[{trace}] store unavailable: {why}", trace=trace, why=str(e))
+            return 200, "error", _error(APIError("TemporaryFailure"))
+        except Exception:
+            log.failure("[{trace}] internal error", trace=trace)
+            return 200, "error", _error(APIError("TemporaryFailure"))
+        return 200, "success", data
+
+    # -- authentication ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _authenticate(self, request, ip: str, trace: str):
+        """@return: Deferred firing with C{(Credential, Server)}, or failing
+        with the L{APIError} to answer."""
+        if self._throttle is not None and self._throttle.locked(ip):
+            raise APIError("TooManyAuthenticationFailures")
+        raw = request.getHeader(b"x-server-api-key")
+        if not raw:
+            self._auth_failed(ip, trace, "AccessDenied")
+        try:
+            key = raw.decode("ascii")
+        except UnicodeDecodeError:
+            key = None
+        found = (yield self._store.credential_by_key(key, "api")) if key else None
+        if found is None:
+            self._auth_failed(ip, trace, "InvalidServerAPIKey")
+        credential, server_ = found
+        if server_.is_suspended:
+            raise APIError("ServerSuspended")
+        touched = self._store.touch_credential(credential.id, self._clock.seconds())
+        touched.addErrback(lambda f: log.failure("[{trace}] last_used_at not updated",
+                                                 f, trace=trace))
+        return credential, server_
+
+    def _auth_failed(self, ip: str, trace: str, code: str):
+        """Log and count one failure (the throttle SMTP AUTH uses), then raise."""
+        log.warn("[{trace}] Authentication failure for {ip}", trace=trace, ip=ip)
+        if self._throttle is not None and self._throttle.record_failure(ip):
+            raise APIError("TooManyAuthenticationFailures")
+        raise APIError(code)
+
+    # -- submission ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _submit(self, request, kind: str, ip: str, trace: str, credential, server_):
+        token = generate_token(QUEUE_ID_LENGTH)
+        now = self._clock.seconds()
+        received = received_header(self._hostname, "HTTP", token, now,
+                                   client_ip=ip or None, privacy=server_.privacy_mode)
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        form_value = (request.args or {}).get(b"params", [None])[0]
+        submission, spool, block = yield self._run(
+            _body_size(request.content), self._prepare, kind, now, received,
+            content_type, request.content, form_value)
+        try:
+            ids = yield commit_message(
+                self._store, self._clock, credential_id=credential.id, token=token,
+                mail_from=submission.mail_from, recipients=submission.recipients,
+                header_block=block, body=spool, protocol="HTTP")
+        except replies.SMTPReply as e:
+            code = _COMMIT_ERRORS.get((e.code, e.text))
+            if code is None:
+                raise
+            raise APIError(code) from None
+        finally:
+            spool.close()
+        log.info("[{trace}] HTTP {ip} {server}: queued as {token} for {n} recipient(s)",
+                 trace=trace, ip=ip, server=server_.full_name, token=token,
+                 n=len(submission.recipients))
+        return {"message_id": submission.message_id,
+                "messages": {rcpt: {"id": ids[rcpt], "token": token}
+                             for rcpt in submission.recipients}}
+
+    def _run(self, size: int, fn, *args):
+        """Big requests are decoded off the reactor thread."""
+        if self._threads and size >= THREAD_THRESHOLD:
+            return deferToThreadPool(self._clock, self._clock.getThreadPool(), fn, *args)
+        return defer.maybeDeferred(fn, *args)
+
+    def _prepare(self, kind, now, received, content_type, content, form_value):
+        """Parse, validate and build; spool Received + message. Runs on any thread.
+
+        @return: C{(Submission, spool file, header block)}.
+        """
+        content.seek(0)
+        body = content.read()
+        if form_value is None and content_type.lower().startswith(
+                "application/x-www-form-urlencoded"):
+            form_value = parse_qs(body, keep_blank_values=True).get(b"params", [None])[0]
+        params = parse_params(content_type, body, form_value)
+        del body
+        if kind == "message":
+            submission = compose_message(params, hostname=self._hostname, now=now,
+                                         max_recipients=self._max_recipients)
+        else:
+            submission = raw_submission(params, max_size=self._max_size,
+                                        max_recipients=self._max_recipients)
+        if len(received) + len(submission.message) > self._max_size:
+            raise too_large(self._max_size)
+        block = received + header_block(submission.message)
+        if own_received_count(header_fields(block), self._hostname) > MAX_OWN_RECEIVED:
+            raise APIError("LoopDetected")
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY,
+                                              dir=self._spool_directory,
+                                              prefix="mailgw-http-")
+        try:
+            spool.write(received)
+            spool.write(submission.message)
+        except BaseException:
+            spool.close()
+            raise
+        return submission, spool, block
+
+
+def _error(e: APIError) -> dict:
+    return {"code": e.code, "message": e.message}
+
+
+def _body_size(content) -> int:
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0)
+    return size
+
+
+def build_api_site(store, config, clock, throttle) -> server.Site:
+    """The API as a twisted.web C{Site}.
+
+    @param store: an L{mailgw.interfaces.IStore}.
+    @param config: the whole L{mailgw.config.Config}.
+    @param clock: the reactor (its thread pool decodes big requests), or
+        any C{IReactorTime}.
+    @param throttle: the L{mailgw.auth.throttle.FailureThrottle} SMTP AUTH
+        uses, or None.
+    """
+    site = server.Site(SendAPI(store, config, clock, throttle), timeout=IDLE_TIMEOUT,
+                       reactor=clock)
+    site.requestFactory = LimitedRequest
+    site.max_message_size = config.limits.max_message_size
+    site.max_request_body = request_body_limit(config.limits.max_message_size)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+class APIListenerService(internet.StreamServerEndpointService):
+    """Listens for the API; logs where once the port is bound."""
+
+    def __init__(self, endpoint, factory, description: str, https: bool):
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self.description = description
+        self.https = https
+        self.port = None
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        if port is not None:
+            self.port = port
+            address = port.getHost()
+            log.info("HTTP API listening on {endpoint} at {host} port {port} "
+                     "(https: {https})", endpoint=self.description, host=address.host,
+                     port=address.port, https="true" if self.https else "false")
+        return port
+
+
+def api_listener_service(site, config, tls_options, reactor) -> APIListenerService:
+    """The service serving C{site} on C{config.http_api.endpoint}, as HTTPS
+    with C{tls_options} (the L{mailgw.tls.TLSOptions} SMTP uses, so a renewed
+    certificate is served to the next connection) when C{config.http_api.tls}."""
+    api = config.http_api
+    factory = site
+    if api.tls:
+        if tls_options is None:
+            raise ValueError("http_api.tls needs the [tls] certificate")
+        factory = TLSMemoryBIOFactory(tls_options, False, site)
+    endpoint = endpoints.serverFromString(reactor, api.endpoint)
+    return APIListenerService(endpoint, factory, api.endpoint, api.tls)
