@@ -26,5 +26,11 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m tests.run $(TESTS)
 
+# mailgw against an aiosmtpd baseline (bench/RESULTS.md); BENCH="--quick" for less.
+# 5,000 idle connections need more descriptors than the usual 1,024.
+bench: $(INSTALLED)
+	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	ulimit -n 16384 2>/dev/null || ulimit -n $$(ulimit -Hn); $(PY) -m bench.run $(BENCH)
+
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info

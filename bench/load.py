@@ -1,0 +1,303 @@
+"""The load generator: SMTP submission clients on raw asyncio streams + ssl.
+
+Every client does what a real submission client does: greeting, EHLO,
+STARTTLS, EHLO again, AUTH PLAIN (initial response), then per message
+MAIL FROM, RCPT TO, DATA and the body, each command waiting for its reply
+(no pipelining: aiosmtpd does not offer it, and lock-step is the common
+client). The latency measured is that of the final-dot reply: from the moment
+the last byte of the message (the ".") was handed to the transport to the
+moment its "250" was read.
+
+Everything is bounded: in messages (a shared budget), in time (a deadline),
+and each reply by a timeout; nothing retries forever.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+from dataclasses import dataclass, field
+
+REPLY_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 30.0
+SENDER = "bench@bench.example"
+RECIPIENT = "rcpt@dest.example"
+LINE = 76
+
+
+class SMTPError(Exception):
+    """An unexpected reply (or none)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    port: int
+    key: str
+    tls: ssl.SSLContext
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """TLS as a submission client on loopback would do it to a self-signed
+    server: the default context, without verification."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# -- messages -------------------------------------------------------------------
+
+def _header(index: int) -> bytes:
+    return (f"From: Bench <{SENDER}>\r\nTo: <{RECIPIENT}>\r\n"
+            f"Subject: bench message {index}\r\n"
+            f"Message-ID: <bench-{index}@bench.example>\r\n\r\n").encode("ascii")
+
+
+def _lines(count: int) -> bytes:
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    lines = []
+    for i in range(count):
+        rot = i % len(alphabet)
+        text = (alphabet[rot:] + alphabet[:rot]) * 2
+        lines.append(text[:LINE - 2] + b"\r\n")
+    return b"".join(lines)
+
+
+def make_message(size: int, index: int = 0) -> bytes:
+    """About C{size} bytes of message, with the final dot, no line starting
+    with a dot (no stuffing needed)."""
+    header = _header(index)
+    count = max(1, (size - len(header)) // LINE)
+    return header + _lines(count) + b".\r\n"
+
+
+def message_chunks(size: int, chunk: int = 256 * 1024):
+    """A large message as chunks (the last one ends with the final dot)."""
+    yield _header(0)
+    block = _lines(chunk // LINE)
+    sent = 0
+    while sent + len(block) < size:
+        yield block
+        sent += len(block)
+    rest = max(1, (size - sent) // LINE)
+    yield _lines(rest) + b".\r\n"
+
+
+# -- one client -------------------------------------------------------------------
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+    async def reply(self, timeout: float = REPLY_TIMEOUT) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), timeout)
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                break
+        last = lines[-1].decode("utf-8", "replace").rstrip("\r\n")
+        try:
+            return int(last[:3]), last[4:]
+        except ValueError:
+            raise SMTPError(f"bad reply {last!r}") from None
+
+    async def expect(self, code: int, what: str, timeout: float = REPLY_TIMEOUT) -> str:
+        got, text = await self.reply(timeout)
+        if got != code:
+            raise SMTPError(f"{what}: {got} {text}")
+        return text
+
+    async def command(self, line: bytes, code: int) -> str:
+        self.writer.write(line + b"\r\n")
+        return await self.expect(code, line.split(b" ", 1)[0].decode("ascii", "replace"))
+
+    async def send(self, message: bytes) -> float:
+        """One transaction; the final-dot reply's latency in seconds."""
+        await self.command(b"MAIL FROM:<" + SENDER.encode() + b">", 250)
+        await self.command(b"RCPT TO:<" + RECIPIENT.encode() + b">", 250)
+        await self.command(b"DATA", 354)
+        self.writer.write(message)
+        start = time.perf_counter()
+        await self.writer.drain()
+        await self.expect(250, "final dot")
+        return time.perf_counter() - start
+
+    async def send_chunks(self, chunks) -> float:
+        await self.command(b"MAIL FROM:<" + SENDER.encode() + b">", 250)
+        await self.command(b"RCPT TO:<" + RECIPIENT.encode() + b">", 250)
+        await self.command(b"DATA", 354)
+        for chunk in chunks:
+            self.writer.write(chunk)
+            await self.writer.drain()
+        start = time.perf_counter()
+        await self.expect(250, "final dot", timeout=300)
+        return time.perf_counter() - start
+
+    async def quit(self) -> None:
+        try:
+            await self.command(b"QUIT", 221)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        transport = self.writer.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+
+async def connect(target: Target, *, tls: bool = True, auth: bool = True) -> Client:
+    """A client past the greeting and EHLO; with C{tls} past STARTTLS and
+    EHLO again; with C{auth} also past AUTH PLAIN."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT)
+    client = Client(reader, writer)
+    try:
+        await client.expect(220, "greeting")
+        await client.command(b"EHLO bench.client.test", 250)
+        if tls:
+            await client.command(b"STARTTLS", 220)
+            await asyncio.wait_for(writer.start_tls(target.tls), CONNECT_TIMEOUT)
+            await client.command(b"EHLO bench.client.test", 250)
+            if auth:
+                token = base64.b64encode(b"\0bench\0" + target.key.encode())
+                await client.command(b"AUTH PLAIN " + token, 235)
+    except BaseException:
+        client.abort()
+        raise
+    return client
+
+
+# -- results ------------------------------------------------------------------------
+
+FAILURES = (SMTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError, ssl.SSLError, EOFError)
+
+
+@dataclass
+class Result:
+    messages: int = 0
+    errors: int = 0
+    connections: int = 0
+    wall: float = 0.0
+    latencies: list = field(default_factory=list)
+    error_samples: list = field(default_factory=list)
+
+    def failed(self, error: BaseException) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(f"{type(error).__name__}: {error}")
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.wall if self.wall > 0 else 0.0
+
+    def percentile(self, p: float) -> float | None:
+        """Nearest-rank percentile of the latencies, in milliseconds."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
+        return ordered[rank - 1] * 1000.0
+
+
+class Budget:
+    def __init__(self, messages: int, seconds: float):
+        self.left = messages
+        self.deadline = time.monotonic() + seconds
+
+    def open(self) -> bool:
+        return self.left > 0 and time.monotonic() < self.deadline
+
+    def take(self) -> bool:
+        if not self.open():
+            return False
+        self.left -= 1
+        return True
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+async def run_messages(target: Target, *, clients: int, per_connection: int,
+                       message: bytes, max_messages: int, max_seconds: float) -> Result:
+    """C{clients} concurrent clients, each sending C{per_connection} messages
+    per connection and then reconnecting, until the budget is spent."""
+    result = Result()
+    budget = Budget(max_messages, max_seconds)
+
+    async def worker():
+        while budget.open() and result.errors < 1000:
+            client = None
+            try:
+                client = await connect(target)
+                result.connections += 1
+                sent = 0
+                while sent < per_connection and budget.take():
+                    result.latencies.append(await client.send(message))
+                    result.messages += 1
+                    sent += 1
+                await client.quit()
+            except FAILURES as e:
+                result.failed(e)
+                if client is not None:
+                    client.abort()
+                await asyncio.sleep(0.05)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    result.wall = time.perf_counter() - start
+    return result
+
+
+async def run_large(target: Target, size: int) -> Result:
+    """One connection, one message of C{size} bytes, streamed in chunks."""
+    result = Result()
+    start = time.perf_counter()
+    client = None
+    try:
+        client = await connect(target)
+        result.connections = 1
+        result.latencies.append(await client.send_chunks(message_chunks(size)))
+        result.messages = 1
+        await client.quit()
+    except FAILURES as e:
+        result.failed(e)
+        if client is not None:
+            client.abort()
+    result.wall = time.perf_counter() - start
+    return result
+
+
+async def open_idle(target: Target, count: int, *, tls: bool = False,
+                    concurrency: int = 50, max_seconds: float = 120.0):
+    """C{count} connections left idle (past EHLO; with C{tls} past STARTTLS and
+    AUTH too). Returns C{(clients, Result)}; close them with L{close_all}."""
+    result = Result()
+    clients = []
+    semaphore = asyncio.Semaphore(concurrency)
+    deadline = time.monotonic() + max_seconds
+
+    async def one():
+        async with semaphore:
+            if time.monotonic() > deadline or result.errors >= 100:
+                return
+            try:
+                clients.append(await connect(target, tls=tls, auth=tls))
+                result.connections += 1
+            except FAILURES as e:
+                result.failed(e)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    result.wall = time.perf_counter() - start
+    return clients, result
+
+
+async def close_all(clients) -> None:
+    for client in clients:
+        client.abort()
+    await asyncio.sleep(0)
