@@ -23,6 +23,7 @@ from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.store import open_store
 from mailgw.tls import TLSOptions
+from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.health import health_site
 
 log = Logger()
@@ -72,6 +73,11 @@ class GatewayService(service.MultiService):
 
         self.portal = build_portal(self.store, reactor, make_delivery)
         self.throttle = FailureThrottle.from_config(reactor, config.auth_throttle)
+        self.api = None
+        if config.http_api is not None:
+            self.api = api_listener_service(
+                build_api_site(self.store, config, reactor, self.throttle),
+                config, self.tls, reactor)
         self.factories = []
         self.listeners = [self._listener(listener) for listener in config.listeners]
         if config.metrics.endpoint:
@@ -115,6 +121,8 @@ class GatewayService(service.MultiService):
         for svc in self.listeners:
             svc.setServiceParent(self)
             svc._waitingForPort.addCallback(self._listening, svc.label)
+        if self.api is not None:
+            self.api.setServiceParent(self)
         if self.tls is not None and self.config.tls.reload_interval > 0:
             self._reload = LoopingCall(self.tls.reload_if_changed)
             self._reload.clock = self.reactor

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SkipTest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTENING = re.compile(r"listening on (\S+) at (\S+) port (\d+) \((?:tls=(\w+)|(metrics))")
+HTTP_API = re.compile(r"HTTP API listening on \S+ at \S+ port (\d+)")
 START_TIMEOUT = 30
 
 
@@ -40,7 +41,7 @@ def toml_value(value) -> str:
 
 
 def write_config(folder: str, *, database_url: str, listeners: list[dict],
-                 hostname="mx.e2e.test", tls=None, extra="") -> str:
+                 hostname="mx.e2e.test", tls=None, extra="", tables="") -> str:
     lines = [f"hostname = {toml_value(hostname)}", 'spool_directory = "spool"', extra,
              "[database]", f"url = {toml_value(database_url)}",
              "[metrics]", 'endpoint = "tcp:0:interface=127.0.0.1"']
@@ -49,6 +50,7 @@ def write_config(folder: str, *, database_url: str, listeners: list[dict],
     for listener in listeners:
         lines.append("[[listeners]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in listener.items()]
+    lines.append(tables)
     path = os.path.join(folder, "mailgw.toml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -59,8 +61,10 @@ class Gateway:
     """A running ``twistd -n mailgw``; C{ports} lists (tls mode, port) in
     listener order."""
 
-    def __init__(self, folder: str, config_path: str, extra_args=()):
+    def __init__(self, folder: str, config_path: str, extra_args=(), http_api=False):
         self.extra_args = list(extra_args)
+        self.api_port = None
+        self._want_api = http_api
         self.folder = folder
         self.config_path = config_path
         self.ports = []
@@ -77,7 +81,8 @@ class Gateway:
         deadline = time.monotonic() + START_TIMEOUT
         buffer = b""
         self.metrics_port = None
-        while len(self.ports) < expected_listeners or self.metrics_port is None:
+        while (len(self.ports) < expected_listeners or self.metrics_port is None
+               or (self._want_api and self.api_port is None)):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 self.stop()
@@ -91,7 +96,11 @@ class Gateway:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                m = LISTENING.search(line.decode("utf-8", "replace"))
+                text = line.decode("utf-8", "replace")
+                api = HTTP_API.search(text)
+                if api:
+                    self.api_port = int(api.group(1))
+                m = LISTENING.search(text)
                 if m and m.group(5):
                     self.metrics_port = int(m.group(3))
                 elif m:

@@ -29,6 +29,8 @@ class GatewayTestBase(unittest.TestCase):
     listeners = [{"endpoint": "tcp:0:interface=127.0.0.1", "tls": "none"}]
     tls = None
     gateway_args = ()
+    #: more TOML tables for the config (e.g. an [http_api] table)
+    config_tables = ""
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -36,7 +38,8 @@ class GatewayTestBase(unittest.TestCase):
         os.makedirs(self.folder)
         self.url = self.database_url_for_test()
         self.config = write_config(self.folder, database_url=self.url,
-                                   listeners=self.listeners, tls=self.tls_settings())
+                                   listeners=self.listeners, tls=self.tls_settings(),
+                                   tables=self.config_tables)
         store = open_store(self.url, reactor)
         yield store.start()
         try:
@@ -49,7 +52,8 @@ class GatewayTestBase(unittest.TestCase):
             self.key = credential.key
         finally:
             yield store.close()
-        self.gateway = Gateway(self.folder, self.config, self.gateway_args)
+        self.gateway = Gateway(self.folder, self.config, self.gateway_args,
+                               http_api="[http_api]" in self.config_tables)
         self.addCleanup(self.gateway.stop)
         self.gateway.start(len(self.listeners))
 
