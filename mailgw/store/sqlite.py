@@ -12,6 +12,8 @@ import os
 import sqlite3
 
 from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Store, schema_files, split_statements
@@ -27,9 +29,8 @@ def _configure(connection):
     connection.execute("PRAGMA foreign_keys = ON")
 
 
-def _drive(cursor, begin, fn, args):
-    """Run the generator C{fn(*args)} on C{cursor} inside one transaction."""
-    cursor.execute(begin)
+def _steps(cursor, fn, args):
+    """Run the generator C{fn(*args)} statement by statement on C{cursor}."""
     gen = fn(*args)
     try:
         statement = next(gen)
@@ -41,8 +42,39 @@ def _drive(cursor, begin, fn, args):
         return stop.value
 
 
+def _drive(cursor, begin, fn, args):
+    """Run the generator C{fn(*args)} on C{cursor} inside one transaction."""
+    cursor.execute(begin)
+    return _steps(cursor, fn, args)
+
+
+def _drive_batch(cursor, batch):
+    """Group commit: every write of C{batch} in one transaction (one fsync),
+    each in a savepoint of its own, so that one that fails undoes only itself.
+
+    @return: C{[(True, result) or (False, exception), ...]} in batch order.
+    """
+    cursor.execute("BEGIN IMMEDIATE")
+    results = []
+    for fn, args in batch:
+        cursor.execute("SAVEPOINT operation")
+        try:
+            value = _steps(cursor, fn, args)
+        except Exception as e:
+            cursor.execute("ROLLBACK TO operation")
+            cursor.execute("RELEASE operation")
+            results.append((False, e))
+        else:
+            cursor.execute("RELEASE operation")
+            results.append((True, value))
+    return results  # adbapi commits; only then does any caller hear back
+
+
 class SQLiteStore(Store):
     engine = "sqlite"
+
+    #: writes committed together at most
+    MAX_BATCH = 64
 
     def __init__(self, path: str, reactor, readers: int = 2):
         super().__init__(reactor)
@@ -50,6 +82,8 @@ class SQLiteStore(Store):
         self._reactor = reactor
         self._readers = readers
         self._writer = self._reader = None
+        self._pending = []
+        self._writing = False
 
     def _pool(self, size):
         return adbapi.ConnectionPool(
@@ -69,23 +103,57 @@ class SQLiteStore(Store):
         return self._run(_nothing)
 
     def close(self):
-        from twisted.internet import defer
         for pool in (self._writer, self._reader):
             if pool is not None and pool.running:
                 pool.close()
         self._writer = self._reader = None
+        pending, self._pending = self._pending, []
+        for _, _, d in pending:
+            d.errback(StoreUnavailable("the store is closed"))
         return defer.succeed(None)
 
     def _interact(self, pool, begin, fn, args):
         if pool is None:
-            from twisted.internet import defer
             return defer.fail(StoreUnavailable("the store is closed"))
         d = pool.runInteraction(lambda cursor: _drive(cursor, begin, fn, args))
         d.addErrback(_translate)
         return d
 
     def _run(self, fn, *args):
-        return self._interact(self._writer, "BEGIN IMMEDIATE", fn, args)
+        """A write: queued, and committed with the writes queued alongside it
+        (group commit); its Deferred fires only after that commit."""
+        if self._writer is None:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        d = defer.Deferred()
+        self._pending.append((fn, args, d))
+        self._write_next_batch()
+        return d
+
+    def _write_next_batch(self):
+        if self._writing or not self._pending or self._writer is None:
+            return
+        batch = self._pending[:self.MAX_BATCH]
+        del self._pending[:self.MAX_BATCH]
+        self._writing = True
+        d = self._writer.runInteraction(_drive_batch, [(fn, args) for fn, args, _ in batch])
+        d.addCallbacks(self._batch_done, self._batch_failed,
+                       callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _batch_done(self, results, batch):
+        self._writing = False
+        self._write_next_batch()
+        for (ok, value), (_, _, d) in zip(results, batch):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(_translated(Failure(value, type(value), value.__traceback__)))
+
+    def _batch_failed(self, failure, batch):
+        self._writing = False
+        self._write_next_batch()
+        failure = _translated(failure)
+        for _, _, d in batch:
+            d.errback(failure)
 
     def _read(self, fn, *args):
         return self._interact(self._reader, "BEGIN", fn, args)
@@ -113,6 +181,15 @@ def _upgrade():
         yield Q("INSERT INTO schema_version (version) VALUES (?)", (version,))
         applied.append(version)
     return applied
+
+
+def _translated(failure):
+    """The store's own error for a driver failure (others pass unchanged)."""
+    try:
+        _translate(failure)
+    except Exception:
+        return Failure()
+    return failure
 
 
 def _translate(failure):
