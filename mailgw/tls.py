@@ -60,9 +60,9 @@ class TLSOptions:
         self._files = (certificate, private_key)
         self._min_version = min_version
         self._ciphers = ciphers
-        self._stamp = self._mtimes()
         self._options = load_certificate_options(certificate, private_key,
                                                  min_version, ciphers)
+        self._stamp = self._mtimes()
 
     @classmethod
     def from_config(cls, tls_config):
