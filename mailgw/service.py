@@ -22,6 +22,7 @@ from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.store import open_store
+from mailgw.store.cache import CachingDirectory
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.health import health_site
@@ -61,6 +62,8 @@ class GatewayService(service.MultiService):
         self.metrics = Metrics()
         self.raw_store = open_store(config.database.url, reactor, config.database.pool_size)
         self.store = TimedStore(self.raw_store, self.metrics)
+        #: what sessions read on the message path: reused for up to a second
+        self.directory = CachingDirectory(self.store, reactor)
         self.tls = TLSOptions.from_config(config.tls) if config.tls else None
         os.makedirs(config.spool_directory, exist_ok=True)
         delivery_settings = DeliverySettings(config.hostname,
@@ -68,15 +71,15 @@ class GatewayService(service.MultiService):
                                              config.spool_directory)
 
         def make_delivery(identity, session):
-            return SubmissionDelivery(identity, session, self.store,
+            return SubmissionDelivery(identity, session, self.directory,
                                       delivery_settings, reactor)
 
-        self.portal = build_portal(self.store, reactor, make_delivery)
+        self.portal = build_portal(self.directory, reactor, make_delivery)
         self.throttle = FailureThrottle.from_config(reactor, config.auth_throttle)
         self.api = None
         if config.http_api is not None:
             self.api = api_listener_service(
-                build_api_site(self.store, config, reactor, self.throttle),
+                build_api_site(self.directory, config, reactor, self.throttle),
                 config, self.tls, reactor)
         self.factories = []
         self.listeners = [self._listener(listener) for listener in config.listeners]
