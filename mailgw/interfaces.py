@@ -173,7 +173,98 @@ class IAdmin(Interface):
         """@return: Deferred firing with C{None}."""
 
 
-class IStore(IDirectory, IQueue, IAdmin):
+class IRelayQueue(Interface):
+    """What the relay (and the operator's queue verbs) do to the queue.
+
+    A node claims due entries with a lease; only the node that holds an
+    entry (C{locked_by}) may settle it, so an entry is delivered by one node
+    at a time and, when a node dies, taken over once its lease has passed.
+    Times are epoch seconds passed in by the caller (the relay's clock).
+    """
+
+    def claim_due(node_id, now, lease, limit):
+        """Take up to C{limit} entries that are queued, due (C{next_attempt_at
+        <= now}) and not leased to a node (or whose lease has passed), oldest
+        due first, leasing them to C{node_id} until C{now + lease}. Safe when
+        several nodes claim at once: each entry goes to one of them.
+
+        @return: Deferred firing with a list of L{mailgw.model.Claim}.
+        """
+
+    def renew_leases(node_id, entry_ids, until):
+        """Extend to C{until} the leases C{node_id} still holds among C{entry_ids}.
+
+        @return: Deferred firing with the number of entries renewed.
+        """
+
+    def release_leases(node_id, entry_ids):
+        """Give back, unsettled, the entries of C{entry_ids} C{node_id} holds
+        (a node stopping): another node may claim them at once.
+
+        @return: Deferred firing with the number of entries released.
+        """
+
+    def read_body_chunk(message_id, seq):
+        """One stored piece of a message body (pieces are numbered from 0 and
+        at most L{mailgw.store.base.CHUNK_SIZE} bytes).
+
+        @return: Deferred firing with the bytes, or C{None} past the end (or
+            when the message is gone).
+        """
+
+    def record_attempt(attempt):
+        """Store a L{mailgw.model.DeliveryAttempt}, count it in the entry's
+        C{attempts} and keep its text as C{last_error} (cleared by a 2xx).
+
+        @return: Deferred firing with C{False} when the entry is gone, else C{True}.
+        """
+
+    def mark_sent(entry_id, node_id, attempt):
+        """Record C{attempt} and set the entry C{sent}, releasing its lease.
+
+        @return: Deferred firing with C{True}, or C{False} (and the status
+            untouched) when C{node_id} no longer holds a queued entry.
+        """
+
+    def mark_retry(entry_id, node_id, attempt, next_attempt_at):
+        """Record C{attempt}; the entry stays C{queued}, due at C{next_attempt_at}.
+
+        @return: Deferred firing with C{True}, or C{False} as for L{mark_sent}.
+        """
+
+    def mark_failed(entry_id, node_id, attempt, bounce=None):
+        """Record C{attempt}, set the entry C{failed} and, in the same
+        transaction, enqueue C{bounce} (C{(MessageEnvelope, bytes)}) when
+        given, so that a failure produces exactly one bounce.
+
+        @return: Deferred firing with C{True}, or C{False} (no bounce queued)
+            as for L{mark_sent}.
+        """
+
+    def get_attempts(entry_id):
+        """@return: Deferred firing with the entry's L{mailgw.model.DeliveryAttempt}s,
+            oldest first. @raise NotFound: (as a failure) no such entry."""
+
+    def release_entry(entry_id):
+        """A C{held} entry back to C{queued}, due now, its retry clock restarted.
+
+        @return: Deferred firing with the updated L{mailgw.model.QueueEntry}.
+        @raise NotFound: no such entry. @raise Conflict: it is not held.
+        """
+
+    def retry_entry(entry_id):
+        """A C{failed} or C{queued} entry due now (C{queued}), its retry clock
+        restarted. @return: Deferred firing with the updated entry.
+        @raise NotFound: no such entry. @raise Conflict: it is sent or held.
+        """
+
+    def remove_entry(entry_id):
+        """Delete an entry (and its attempts); its message too when no other
+        recipient of it remains. @return: Deferred firing with C{None}.
+        @raise NotFound: no such entry."""
+
+
+class IStore(IDirectory, IQueue, IAdmin, IRelayQueue):
     """One engine (SQLite or PostgreSQL) behind every store interface."""
 
     engine = Attribute("'sqlite' or 'postgresql'")

@@ -122,3 +122,28 @@ class QueueEntry:
     attempts: int = 0
     next_attempt_at: float | None = None
     last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One try at delivering a queue entry, as the relay recorded it: which
+    node tried, which remote host answered (C{None} when none was reached),
+    its reply code (C{None} for a connection or DNS problem) and text."""
+    queue_id: int
+    attempted_at: float
+    remote_host: str | None
+    code: int | None
+    text: str
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A queue entry a relay node holds a lease on until C{locked_until}.
+
+    C{age_from} is when the entry's retry clock started (its enqueue, or the
+    operator's last release or retry): it is failed once it has kept failing
+    temporarily for C{max_queue_age} from then."""
+    entry: QueueEntry
+    age_from: float
+    locked_until: float

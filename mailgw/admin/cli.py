@@ -212,11 +212,19 @@ def _queue_verbs(verb) -> None:
     p.add_argument("--status", choices=QUEUE_STATUSES)
     p.add_argument("--server", metavar="ORG/SERVER")
     p.add_argument("--limit", type=positive_int, metavar="N")
-    p = verb("show", c.queue_show, "show a queue entry and its message headers",
+    p = verb("show", c.queue_show, "show a queue entry, its delivery attempts and its "
+             "message headers",
              check=c.check_queue_show)
     p.add_argument("id", metavar="ID", type=int, help="the queue entry id")
     p.add_argument("--raw", action="store_true",
                    help="write the stored message bytes exactly")
+    for name, run, help in (
+            ("release", c.queue_release, "release a held entry: queued, due now"),
+            ("retry", c.queue_retry, "retry a failed or queued entry now"),
+            ("remove", c.queue_remove, "remove an entry (and its message when it was "
+                                       "the last recipient)")):
+        verb(name, run, help).add_argument("id", metavar="ID", type=int,
+                                           help="the queue entry id")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,14 +4,15 @@ arguments and an open store to an L{Output}.
 Arguments have been checked before a verb runs (see L{mailgw.admin.cli}):
 permalinks are valid, C{args.server} is an C{(org, server)} pair, and a
 credential's C{args.key} is the key to store. A verb only talks to the store
-through L{mailgw.interfaces.IAdmin} and L{mailgw.interfaces.IQueue}; every
+through L{mailgw.interfaces.IAdmin}, L{mailgw.interfaces.IQueue} and
+L{mailgw.interfaces.IRelayQueue}; every
 failure it meets (C{NotFound}, C{Conflict}, ...) becomes the one-line error.
 """
 from __future__ import annotations
 
 from mailgw.admin.output import (
-    CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, ORGANIZATION_COLUMNS,
-    SERVER_COLUMNS, Output, credential_json, domain_json, entry_json, fields,
+    ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, ORGANIZATION_COLUMNS,
+    SERVER_COLUMNS, Output, attempt_json, credential_json, domain_json, entry_json, fields,
     message_headers, organization_json, printable, server_json, table,
 )
 
@@ -171,10 +172,30 @@ def check_queue_show(args) -> None:
 
 async def queue_show(store, args) -> Output:
     entry = await store.get_entry(args.id)
-    body = await store.read_body(entry.message_id)
     if args.raw:
-        return Output(raw=body)
-    headers = message_headers(body).decode("utf-8", "replace").replace("\r\n", "\n")
-    data = dict(entry_json(entry), headers=headers)
-    text = fields(entry_json(entry)) + "\n\n" + printable(headers)
+        return Output(raw=await store.read_body(entry.message_id))
+    # the header section is within the first stored piece: no need to read
+    # (maybe 50 MB of) the whole message
+    head = await store.read_body_chunk(entry.message_id, 0) or b""
+    headers = message_headers(head).decode("utf-8", "replace").replace("\r\n", "\n")
+    attempts = [attempt_json(a) for a in await store.get_attempts(entry.id)]
+    data = dict(entry_json(entry), headers=headers, delivery_attempts=attempts)
+    text = fields(entry_json(entry))
+    text += "\n\ndelivery attempts:\n" + table(ATTEMPT_COLUMNS, attempts, "  none yet")
+    text += "\n\n" + printable(headers)
     return Output(data, text)
+
+
+async def queue_release(store, args) -> Output:
+    """A held entry back to the queue, due now."""
+    return _one(entry_json(await store.release_entry(args.id)))
+
+
+async def queue_retry(store, args) -> Output:
+    """A failed (or waiting) entry due now."""
+    return _one(entry_json(await store.retry_entry(args.id)))
+
+
+async def queue_remove(store, args) -> Output:
+    await store.remove_entry(args.id)
+    return _removed("queue entry", args.id)

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mailgw.model import Credential, Domain, Organization, QueueEntry, Server
+from mailgw.model import (
+    Credential, DeliveryAttempt, Domain, Organization, QueueEntry, Server,
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ def entry_json(entry: QueueEntry) -> dict:
         "created_at": iso8601(entry.created_at), "attempts": entry.attempts,
         "next_attempt_at": iso8601(entry.next_attempt_at),
         "last_error": entry.last_error,
+    }
+
+
+def attempt_json(attempt: DeliveryAttempt) -> dict:
+    return {
+        "attempted_at": iso8601(attempt.attempted_at), "node": attempt.node,
+        "remote_host": attempt.remote_host, "code": attempt.code, "text": attempt.text,
     }
 
 
@@ -144,3 +153,5 @@ ENTRY_COLUMNS = [
     ("FROM", "mail_from"), ("TO", "rcpt_to"), ("SIZE", "size"),
     ("CREATED", "created_at"),
 ]
+ATTEMPT_COLUMNS = [("WHEN", "attempted_at"), ("REMOTE HOST", "remote_host"),
+                   ("CODE", "code"), ("TEXT", "text")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import ipaddress
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +20,7 @@ from zope.interface import implementer
 from mailgw.address import normalise_domain
 from mailgw.interfaces import Conflict, IStore, NotFound
 from mailgw.model import (
-    Credential, Domain, Organization, QueueEntry, Server,
+    Claim, Credential, DeliveryAttempt, Domain, Organization, QueueEntry, Server,
 )
 
 #: bodies are stored in pieces of this size, so that no step holds a whole
@@ -454,6 +455,144 @@ def _remove_credential(credential_id):
     yield Q("DELETE FROM credentials WHERE id = ?", (credential_id,))
 
 
+# -- the relay (issue 6) ---------------------------------------------------------
+#
+# A relay node claims due entries by writing its id and a lease end into them
+# (status stays "queued"); only the node named in locked_by may settle an
+# entry, so an entry whose lease expired and was taken over by another node is
+# not settled twice. SQLite serialises claims with BEGIN IMMEDIATE (one writer);
+# PostgreSQL locks the candidate rows with FOR UPDATE SKIP LOCKED (the engine's
+# claim_lock) so that concurrent nodes take disjoint sets without waiting. The
+# outer WHERE repeats the conditions: under READ COMMITTED a row another node
+# claimed meanwhile is re-checked and left out.
+
+_CLAIMABLE = ("status = 'queued' AND next_attempt_at <= ? "
+              "AND (locked_until IS NULL OR locked_until <= ?)")
+
+
+def _ids_clause(ids) -> str:
+    return "(" + ", ".join("?" for _ in ids) + ")"
+
+
+def _claim_due(node_id, now, lease, limit, lock):
+    # MATERIALIZED: the candidates are chosen once. As a plain subquery,
+    # PostgreSQL may re-run it per row, and a re-run no longer sees the rows
+    # already updated, so it would hand out more than the limit.
+    rows = yield Q(
+        f"WITH due AS MATERIALIZED (SELECT id FROM queue WHERE {_CLAIMABLE} "
+        f"ORDER BY next_attempt_at, id LIMIT ?{lock}) "
+        f"UPDATE queue SET locked_by = ?, locked_until = ?, updated_at = ? "
+        f"WHERE id IN (SELECT id FROM due) AND {_CLAIMABLE} RETURNING id",
+        (now, now, int(limit), node_id, now + lease, now, now, now))
+    ids = sorted(r[0] for r in rows)
+    if not ids:
+        return []
+    rows = yield Q(_QUEUE_SELECT + f" WHERE q.id IN {_ids_clause(ids)} ORDER BY q.id",
+                   tuple(ids))
+    entries = [_entry(r) for r in rows]
+    rows = yield Q(f"SELECT id, coalesce(age_from, created_at), locked_until FROM queue "
+                   f"WHERE id IN {_ids_clause(ids)}", tuple(ids))
+    extra = {r[0]: (r[1], r[2]) for r in rows}
+    return [Claim(e, *extra[e.id]) for e in entries]
+
+
+def _renew_leases(node_id, entry_ids, until):
+    if not entry_ids:
+        return 0
+    rows = yield Q(f"UPDATE queue SET locked_until = ? WHERE locked_by = ? AND "
+                   f"status = 'queued' AND id IN {_ids_clause(entry_ids)} RETURNING id",
+                   (until, node_id, *entry_ids))
+    return len(rows)
+
+
+def _release_leases(node_id, entry_ids):
+    if not entry_ids:
+        return 0
+    rows = yield Q(f"UPDATE queue SET locked_by = NULL, locked_until = NULL WHERE "
+                   f"locked_by = ? AND id IN {_ids_clause(entry_ids)} RETURNING id",
+                   (node_id, *entry_ids))
+    return len(rows)
+
+
+def _read_body_chunk(message_id, seq):
+    rows = yield Q("SELECT data FROM message_chunks WHERE message_id = ? AND seq = ?",
+                   (message_id, seq))
+    return bytes(rows[0][0]) if rows else None
+
+
+def _record_attempt(attempt):
+    rows = yield Q("SELECT 1 FROM queue WHERE id = ?", (attempt.queue_id,))
+    if not rows:
+        return False  # removed by the operator meanwhile: nothing to attach it to
+    yield Q("INSERT INTO delivery_attempts (queue_id, attempted_at, node, remote_host, "
+            "code, text) VALUES (?, ?, ?, ?, ?, ?)",
+            (attempt.queue_id, attempt.attempted_at, attempt.node, attempt.remote_host,
+             attempt.code, attempt.text))
+    yield Q("UPDATE queue SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+            (None if _is_success(attempt) else attempt.text, attempt.queue_id))
+    return True
+
+
+def _is_success(attempt) -> bool:
+    return attempt.code is not None and 200 <= attempt.code < 300
+
+
+def _settle(entry_id, node_id, attempt, status, next_attempt_at):
+    """Record C{attempt} and move the entry to C{status}, if this node still
+    holds it. @return: whether it did."""
+    rows = yield Q(
+        "UPDATE queue SET status = ?, next_attempt_at = ?, locked_by = NULL, "
+        "locked_until = NULL, updated_at = ? WHERE id = ? AND locked_by = ? "
+        "AND status = 'queued' RETURNING id",
+        (status, next_attempt_at, attempt.attempted_at, entry_id, node_id))
+    yield from _record_attempt(attempt)
+    return bool(rows)
+
+
+def _mark_sent(entry_id, node_id, attempt):
+    return (yield from _settle(entry_id, node_id, attempt, "sent", None))
+
+
+def _mark_retry(entry_id, node_id, attempt, next_attempt_at):
+    return (yield from _settle(entry_id, node_id, attempt, "queued", next_attempt_at))
+
+
+def _mark_failed(entry_id, node_id, attempt, bounce):
+    settled = yield from _settle(entry_id, node_id, attempt, "failed", None)
+    if settled and bounce is not None:
+        envelope, body = bounce
+        yield from _enqueue(envelope, body, attempt.attempted_at)
+    return settled
+
+
+def _get_attempts(entry_id):
+    yield from _get_entry(entry_id)
+    rows = yield Q("SELECT queue_id, attempted_at, remote_host, code, text, node "
+                   "FROM delivery_attempts WHERE queue_id = ? ORDER BY attempted_at, id",
+                   (entry_id,))
+    return [DeliveryAttempt(*r) for r in rows]
+
+
+def _requeue(entry_id, now, allowed):
+    """Back to "queued", due now, its retry clock restarted; only from one
+    of the C{allowed} statuses. @return: the updated entry."""
+    entry = yield from _get_entry(entry_id)
+    if entry.status not in allowed:
+        raise Conflict(f"queue entry {entry_id} is {entry.status}, not "
+                       f"{' or '.join(allowed)}")
+    yield Q("UPDATE queue SET status = 'queued', hold_reason = NULL, next_attempt_at = ?, "
+            "age_from = ?, updated_at = ? WHERE id = ?", (now, now, now, entry_id))
+    return (yield from _get_entry(entry_id))
+
+
+def _remove_entry(entry_id):
+    entry = yield from _get_entry(entry_id)
+    yield Q("DELETE FROM queue WHERE id = ?", (entry_id,))
+    rows = yield Q("SELECT 1 FROM queue WHERE message_id = ? LIMIT 1", (entry.message_id,))
+    if not rows:  # the last recipient of its message: the body goes too
+        yield Q("DELETE FROM messages WHERE id = ?", (entry.message_id,))
+
+
 @implementer(IStore)
 class Store:
     """Every store interface over one engine.
@@ -573,3 +712,53 @@ class Store:
 
     def remove_credential(self, credential_id):
         return self._run(_remove_credential, credential_id)
+
+    # IRelayQueue (issue 6)
+
+    #: appended to the claim's inner SELECT: PostgreSQL locks the candidate
+    #: rows and skips those another node is claiming (FOR UPDATE SKIP
+    #: LOCKED); SQLite needs nothing, its BEGIN IMMEDIATE admits one writer
+    _CLAIM_LOCKS = {"postgresql": " FOR UPDATE SKIP LOCKED"}
+
+    @property
+    def claim_lock(self) -> str:
+        return self._CLAIM_LOCKS.get(self.engine, "")
+
+    def claim_due(self, node_id, now, lease, limit):
+        return self._run(_claim_due, node_id, now, lease, limit, self.claim_lock)
+
+    def renew_leases(self, node_id, entry_ids, until):
+        return self._run(_renew_leases, node_id, tuple(entry_ids), until)
+
+    def release_leases(self, node_id, entry_ids):
+        return self._run(_release_leases, node_id, tuple(entry_ids))
+
+    def read_body_chunk(self, message_id, seq):
+        return self._read(_read_body_chunk, message_id, seq)
+
+    def record_attempt(self, attempt):
+        return self._run(_record_attempt, attempt)
+
+    def mark_sent(self, entry_id, node_id, attempt):
+        return self._run(_mark_sent, entry_id, node_id, attempt)
+
+    def mark_retry(self, entry_id, node_id, attempt, next_attempt_at):
+        return self._run(_mark_retry, entry_id, node_id, attempt, next_attempt_at)
+
+    def mark_failed(self, entry_id, node_id, attempt, bounce=None):
+        if bounce is not None:
+            envelope, body = bounce
+            bounce = (envelope, io.BytesIO(body))
+        return self._run(_mark_failed, entry_id, node_id, attempt, bounce)
+
+    def get_attempts(self, entry_id):
+        return self._read(_get_attempts, entry_id)
+
+    def release_entry(self, entry_id):
+        return self._run(_requeue, entry_id, self._now(), ("held",))
+
+    def retry_entry(self, entry_id):
+        return self._run(_requeue, entry_id, self._now(), ("failed", "queued"))
+
+    def remove_entry(self, entry_id):
+        return self._run(_remove_entry, entry_id)

@@ -97,7 +97,7 @@ class CLITestCase(unittest.TestCase):
 
 class DatabaseTests(CLITestCase):
     async def test_upgrade_applies_once(self):
-        self.assertEqual(await self.ok("db", "upgrade"), "applied schema versions: 1\n")
+        self.assertEqual(await self.ok("db", "upgrade"), "applied schema versions: 1, 2\n")
         self.assertEqual(await self.json("db", "upgrade"), {"applied": []})
         self.assertEqual(await self.ok("db", "upgrade"), "schema is up to date\n")
 
