@@ -20,7 +20,8 @@ from zope.interface import implementer
 from mailgw.address import normalise_domain
 from mailgw.interfaces import Conflict, IStore, NotFound
 from mailgw.model import (
-    Claim, Credential, DeliveryAttempt, Domain, Organization, QueueEntry, Server,
+    SERVER_MODES, Claim, Credential, DeliveryAttempt, Domain, Organization, QueueEntry,
+    Server,
 )
 
 #: bodies are stored in pieces of this size, so that no step holds a whole
@@ -333,12 +334,24 @@ def _add_server(organization, permalink, name, flags, now):
     return (yield from _require_server(organization, permalink))
 
 
+def _server_flag(column, value):
+    """A setting's value in the one type both engines store it as."""
+    if column == "mode":
+        if value not in SERVER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(SERVER_MODES)}")
+        return value
+    if column == "send_limit":
+        return None if value is None else int(value)
+    return bool(value)
+
+
 def _update_server(organization, permalink, changes):
     server = yield from _require_server(organization, permalink)
     for column, value in changes.items():
         if column not in _SERVER_FLAGS:
             raise ValueError(f"not a server setting: {column}")
-        yield Q(f"UPDATE servers SET {column} = ? WHERE id = ?", (value, server.id))
+        yield Q(f"UPDATE servers SET {column} = ? WHERE id = ?",
+                (_server_flag(column, value), server.id))
     return (yield from _require_server(organization, permalink))
 
 

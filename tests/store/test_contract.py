@@ -196,7 +196,7 @@ class StoreContract:
     def test_update_server_rejects_unknown_mode(self):
         yield self.tenancy()
         yield self.assertFailure(self.store.update_server("acme", "mail", mode="bogus"),
-                                 Conflict)
+                                 ValueError)
         self.assertEqual((yield self.store.get_server("acme", "mail")).mode, "live")
 
     def test_update_server_not_found(self):
