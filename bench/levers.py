@@ -1,10 +1,14 @@
 """What-if experiments: mailgw with a performance lever applied by patching
 it at start-up, so that a lever's gain can be measured before anyone builds it
-properly in mailgw/ (``python -m bench.run --variants "group+onehop"``).
+properly in mailgw/ (``python -m bench.run --variants "nolog+notouch"``).
+
+Two levers first measured here are now built into mailgw, and their
+prototypes were removed: group commit (b3e01cd) and the one-second directory
+cache (0e08edf); bench/RESULTS.md keeps what they gave.
 
 These are prototypes and upper bounds for measurement only. Some change
-semantics on purpose (C{nosync} is not durable, C{cachereads} lets a change
-wait up to a second); none of this is ever loaded by the real gateway.
+semantics on purpose (C{nosync} is not durable); none of this is ever loaded
+by the real gateway.
 
   nolog       the per-connection and per-message info lines are not written
   nosync      PRAGMA synchronous=NORMAL: what the fsync costs (NOT durable)
@@ -12,12 +16,12 @@ wait up to a second); none of this is ever loaded by the real gateway.
   onehop      the end-of-DATA reads (credential, server, domains, send limit)
               and the enqueue run as one transaction on the writer thread,
               instead of three or four thread round trips
-  group       group commit: write transactions that arrive while one is being
-              committed are run together in one transaction (a SAVEPOINT each,
-              so one failing does not fail the others) and one fsync; each
-              caller is answered only after that commit
-  cachereads  directory reads are cached for one second (bounds what the
-              read round trips cost; NOT the wire contract's freshness)
+  authcache   AUTH's credential look-up is cached for a second too
+  fasttoken   queue and trace ids from one getrandom() call each (today one
+              secrets.choice, i.e. a syscall or more, per character)
+  idnacache   the IDNA encoding of domain names is memoised
+  reuseport   listening sockets get SO_REUSEPORT (used by "workersN": N
+              gateway processes on one port, the kernel spreading connections)
 
 Run as ``python -c "import bench.levers as l; l.main()" LEVERS twistd-args...``.
 """
@@ -108,122 +112,76 @@ def _one_hop():
     delivery.commit_message = commit_message
 
 
-@lever("group")
-def _group_commit():
+@lever("authcache")
+def _auth_cache():
+    """credential_by_key (every AUTH PLAIN/LOGIN) answered from memory for a
+    second, as the directory cache does for the message path."""
     from twisted.internet import defer
-    from twisted.python.failure import Failure
 
-    from mailgw.store import sqlite
-
-    def steps(cursor, fn, args):
-        gen = fn(*args)
-        try:
-            statement = next(gen)
-            while True:
-                cursor.execute(statement.sql, statement.params)
-                rows = cursor.fetchall() if cursor.description else []
-                statement = gen.send(rows)
-        except StopIteration as stop:
-            return stop.value
-
-    def batch_interaction(cursor, batch):
-        cursor.execute("BEGIN IMMEDIATE")
-        outcomes = []
-        for fn, args, _ in batch:
-            cursor.execute("SAVEPOINT one")
-            try:
-                value = steps(cursor, fn, args)
-            except Exception as e:  # this caller only; the others go on
-                cursor.execute("ROLLBACK TO one")
-                cursor.execute("RELEASE one")
-                outcomes.append((False, e))
-            else:
-                cursor.execute("RELEASE one")
-                outcomes.append((True, value))
-        return outcomes  # adbapi commits after this returns
-
-    def translated(error):
-        try:
-            sqlite._translate(Failure(error))
-        except Exception as e:
-            return Failure(e)
-        return Failure(error)
-
-    class Batcher:
-        def __init__(self, store):
-            self.store = store
-            self.pending = []
-            self.busy = False
-
-        def run(self, fn, args):
-            d = defer.Deferred()
-            self.pending.append((fn, args, d))
-            if not self.busy:
-                self.flush()
-            return d
-
-        def flush(self):
-            batch, self.pending = self.pending, []
-            self.busy = True
-            pool = self.store._writer
-            if pool is None:
-                return self.finished(Failure(sqlite.StoreUnavailable("the store is closed")),
-                                     batch)
-            d = pool.runInteraction(batch_interaction, batch)
-            d.addBoth(self.finished, batch)
-
-        def finished(self, outcomes, batch):
-            self.busy = False
-            if isinstance(outcomes, Failure):
-                whole = translated(outcomes.value)
-                for _, _, d in batch:
-                    d.errback(whole)
-            else:
-                for (ok, value), (_, _, d) in zip(outcomes, batch):
-                    if ok:
-                        d.callback(value)
-                    else:
-                        d.errback(translated(value))
-            if self.pending:
-                self.flush()
-
-    def run(self, fn, *args):
-        batcher = self.__dict__.get("_batcher")
-        if batcher is None:
-            batcher = self._batcher = Batcher(self)
-        return batcher.run(fn, args)
-    sqlite.SQLiteStore._run = run
-
-
-@lever("cachereads")
-def _cache_reads():
     from mailgw.store import base
-    for name in ("credential_by_key", "credential_by_id", "server_by_id",
-                 "authorised_domains"):
-        _cache(base.Store, name)
+    lookup = base.Store.credential_by_key
+    answers = {}
 
-
-def _cache(cls, name):
-    from twisted.internet import defer
-    original = getattr(cls, name)
-
-    def cached(self, *args):
-        memo = self.__dict__.setdefault("_bench_cache", {})
+    def cached(self, key, type):
         now = self._now()
-        hit = memo.get((name, args))
-        if hit is not None and now - hit[0] < 1.0:
+        hit = answers.get((key, type))
+        if hit is not None and hit[0] > now:
             return defer.succeed(hit[1])
-        d = original(self, *args)
 
         def keep(value):
-            memo[(name, args)] = (now, value)
+            if len(answers) > 10_000:
+                answers.clear()
+            answers[(key, type)] = (now + 1.0, value)
             return value
-        return d.addCallback(keep)
-    setattr(cls, name, cached)
+        return lookup(self, key, type).addCallback(keep)
+    base.Store.credential_by_key = cached
+
+
+@lever("fasttoken")
+def _fast_token():
+    """Queue and trace ids from one getrandom() each, instead of one
+    secrets.choice (one or more getrandom syscalls) per character."""
+    import os
+
+    from mailgw import model
+    from mailgw.smtp import delivery, protocol
+    alphabet = model._TOKEN_ALPHABET
+    limit = 256 - 256 % len(alphabet)
+
+    def generate_token(length: int = 8) -> str:
+        out = []
+        while len(out) < length:
+            out += [alphabet[b % len(alphabet)] for b in os.urandom(length * 2) if b < limit]
+        return "".join(out[:length])
+    for module in (model, delivery, protocol):
+        module.generate_token = generate_token
+
+
+@lever("idnacache")
+def _idna_cache():
+    import functools
+
+    from mailgw import address
+    address._to_ascii = functools.lru_cache(maxsize=4096)(address._to_ascii)
+
+
+@lever("reuseport")
+def _reuse_port():
+    import socket
+
+    from twisted.internet import tcp
+    create = tcp.Port.createInternetSocket
+
+    def reusable(self):
+        s = create(self)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return s
+    tcp.Port.createInternetSocket = reusable
 
 
 def apply(names: str) -> list[str]:
-    chosen = [n for n in names.split("+") if n and n != "base"]
+    chosen = [n for n in names.split("+") if n and n != "base"
+              and not n.startswith("workers")]
     for name in chosen:
         if name not in LEVERS:
             raise SystemExit(f"bench.levers: unknown lever {name!r} (know {sorted(LEVERS)})")

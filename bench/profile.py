@@ -18,7 +18,7 @@ from collections import Counter
 CONCERNS = [
     ("sqlite (execute/commit/fsync)", r"^(_drive|Cursor\.|Connection\.|_configure) .*store"),
     ("sqlite (adbapi thread plumbing)", r"twisted/(enterprise/adbapi|_threads|python/threadpool)"),
-    ("logging", r"twisted/(logger|python/log(file)?\.py)|_log \(mailgw"),
+    ("logging", r"twisted/(logger/|python/logfile\.py)|_log \(mailgw"),
     ("TLS (OpenSSL + TLSMemoryBIO)", r"twisted/protocols/tls\.py|OpenSSL/|_sslverify"),
     ("store logic (mailgw/store)", r"mailgw/store/"),
     ("SMTP protocol (mailgw/smtp)", r"mailgw/smtp/"),

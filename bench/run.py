@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -60,6 +61,9 @@ class Scale:
     warmup: int = 10
     #: seconds idle connections are left before the RSS is read
     settle: float = 1.5
+    #: (a) and (b) are split in this many rounds, the servers' order reversed
+    #: each round (ABBA), so that other load on the machine hits both alike
+    rounds: int = 2
 
 
 SCALES = {
@@ -68,7 +72,7 @@ SCALES = {
                    d_count=1000, d_tls_count=500),
     "smoke": Scale(clients=2, per_connection=2, a_messages=4, a_seconds=10, b_messages=2,
                    b_seconds=10, c_size=1 * MB, d_count=10, d_tls_count=4, warmup=2,
-                   settle=0.2),
+                   settle=0.2, rounds=1),
 }
 
 SCENARIOS = {
@@ -94,6 +98,8 @@ class Row:
     wall: float = 0.0
     elapsed: float = 0.0
     server_cpu: float = 0.0
+    #: of which in the kernel (system time)
+    server_sys: float = 0.0
     client_cpu: float = 0.0
     #: CPU seconds the rest of the machine used meanwhile (other work, the kernel)
     other_cpu: float = 0.0
@@ -101,6 +107,19 @@ class Row:
     rss_after_kb: int = 0
     peak_rss_kb: int = 0
     error_samples: list = field(default_factory=list)
+    latencies: list = field(default_factory=list, repr=False)
+
+    def merge(self, other: "Row") -> "Row":
+        """This row and another round of the same scenario and server, as one."""
+        for name in ("messages", "connections", "errors", "wall", "elapsed", "server_cpu",
+                     "server_sys", "client_cpu", "other_cpu"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.peak_rss_kb = max(self.peak_rss_kb, other.peak_rss_kb)
+        self.error_samples = (self.error_samples + other.error_samples)[:5]
+        self.latencies = self.latencies + other.latencies
+        self.rate = self.messages / self.wall if self.wall else 0.0
+        self.p50, self.p95, self.p99 = percentiles(self.latencies)
+        return self
 
     @property
     def cpu_per_1000(self) -> float | None:
@@ -122,8 +141,8 @@ class Row:
 class PeakSampler:
     """VmRSS sampled in a thread (the event loop is busy driving load)."""
 
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.pid, self.interval = pid, interval
+    def __init__(self, pids: list[int], interval: float = 0.02):
+        self.pids, self.interval = pids, interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -131,7 +150,7 @@ class PeakSampler:
     def _run(self):
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, servers.memory_kb(self.pid)["VmRSS"])
+                self.peak = max(self.peak, _total(self.pids, "VmRSS"))
             except (OSError, KeyError):
                 return
             self._stop.wait(self.interval)
@@ -177,12 +196,24 @@ class Profiler:
             self.process.wait()
 
 
+def _total(pids, field: str) -> int:
+    return sum(servers.memory_kb(pid)[field] for pid in pids)
+
+
+def _cpu(pids) -> float:
+    return sum(servers.cpu_seconds(pid) for pid in pids)
+
+
+def _sys(pids) -> float:
+    return sum(servers.cpu_times(pid)[1] for pid in pids)
+
+
 def client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-async def _scenario(key: str, target: load.Target, scale: Scale, row: Row, pid: int):
+async def _scenario(key: str, target: load.Target, scale: Scale, row: Row, pids):
     message = load.make_message(scale.size)
     if key == "a":
         return await load.run_messages(
@@ -198,7 +229,7 @@ async def _scenario(key: str, target: load.Target, scale: Scale, row: Row, pid: 
     count = scale.d_tls_count if tls else scale.d_count
     clients, result = await load.open_idle(target, count, tls=tls)
     await asyncio.sleep(scale.settle)  # let the server settle (timers, buffers)
-    row.rss_after_kb = servers.memory_kb(pid)["VmRSS"]
+    row.rss_after_kb = _total(pids, "VmRSS")
     await load.close_all(clients)
     await asyncio.sleep(scale.settle / 3)
     return result
@@ -221,7 +252,7 @@ def measure(key: str, process: servers.ServerProcess, target_of, scale: Scale,
         asyncio.run(_warm_up(target, scale))
         name = f"{process.name}-{key.rstrip(chr(39))}" + ("-tls" if key == "d'" else "")
         profiler = Profiler(profile_dir, name, process.pid, profile_mode)
-        result = _measured(key, target, scale, row, process.pid)
+        result = _measured(key, target, scale, row, process.pids)
     finally:
         if profiler is not None:
             profiler.stop()
@@ -229,26 +260,32 @@ def measure(key: str, process: servers.ServerProcess, target_of, scale: Scale,
     row.messages, row.connections, row.errors = (result.messages, result.connections,
                                                  result.errors)
     row.wall, row.rate = result.wall, result.rate
-    row.p50, row.p95, row.p99 = (result.percentile(p) for p in (50, 95, 99))
+    row.latencies = result.latencies
+    row.p50, row.p95, row.p99 = percentiles(result.latencies)
     row.error_samples = result.error_samples
     return row
 
 
-def _measured(key: str, target: load.Target, scale: Scale, row: Row, pid: int):
-    row.rss_before_kb = servers.memory_kb(pid)["VmRSS"]
-    have_hwm = servers.reset_peak(pid)
-    cpu0, client0 = servers.cpu_seconds(pid), client_cpu()
+def percentiles(latencies) -> tuple:
+    result = load.Result(latencies=latencies)
+    return tuple(result.percentile(p) for p in (50, 95, 99))
+
+
+def _measured(key: str, target: load.Target, scale: Scale, row: Row, pids: list[int]):
+    row.rss_before_kb = _total(pids, "VmRSS")
+    have_hwm = all([servers.reset_peak(pid) for pid in pids])
+    cpu0, sys0, client0 = _cpu(pids), _sys(pids), client_cpu()
     busy0 = servers.machine_busy_seconds()
     started = time.perf_counter()
-    with PeakSampler(pid) as sampler:
-        result = asyncio.run(_scenario(key, target, scale, row, pid))
+    with PeakSampler(pids) as sampler:
+        result = asyncio.run(_scenario(key, target, scale, row, pids))
     row.elapsed = time.perf_counter() - started
-    row.server_cpu = servers.cpu_seconds(pid) - cpu0
+    row.server_cpu = _cpu(pids) - cpu0
+    row.server_sys = _sys(pids) - sys0
     row.client_cpu = client_cpu() - client0
     row.other_cpu = max(0.0, servers.machine_busy_seconds() - busy0 - row.server_cpu
                         - row.client_cpu)
-    memory = servers.memory_kb(pid)
-    row.peak_rss_kb = max(memory["VmHWM"] if have_hwm else 0, sampler.peak)
+    row.peak_rss_kb = max(_total(pids, "VmHWM") if have_hwm else 0, sampler.peak)
     return result
 
 
@@ -256,6 +293,10 @@ def _measured(key: str, target: load.Target, scale: Scale, row: Row, pid: int):
 
 def _f(value, fmt="{:.1f}", none="-"):
     return none if value is None else fmt.format(value)
+
+
+#: "others CPU" above this share of one core marks a row as measured on a busy machine
+NOISY = 0.3
 
 
 def _percent(cpu, elapsed):
@@ -278,11 +319,13 @@ def render(rows: list[Row]) -> str:
             memory = f"{_f(r.rss_per_connection_kb)} kB/conn"
         else:
             memory = ""
+        noisy = r.elapsed and r.other_cpu / r.elapsed > NOISY
         lines.append((
-            r.scenario, r.server, str(r.messages), str(r.connections), rate,
+            r.scenario, r.server + (" *" if noisy else ""), str(r.messages), str(r.connections), rate,
             _f(r.p50), _f(r.p95), _f(r.p99), str(r.errors),
             f"{r.peak_rss_kb / 1024:.1f}", per_1000,
-            _percent(r.server_cpu, r.elapsed), _percent(r.client_cpu, r.elapsed),
+            _percent(r.server_cpu, r.elapsed) + f" ({_percent(r.server_sys, r.server_cpu)} sys)",
+            _percent(r.client_cpu, r.elapsed),
             _percent(r.other_cpu, r.elapsed), memory))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
@@ -291,6 +334,9 @@ def render(rows: list[Row]) -> str:
                                        for i, (c, w) in enumerate(zip(line, widths))) + " |")
         if n == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if any(r.elapsed and r.other_cpu / r.elapsed > NOISY for r in rows):
+        out.append(f"\n* other work used more than {NOISY:.0%} of a core meanwhile: that "
+                   "row's msg/s and latencies are depressed; CPU s/1k msg still compares.")
     return "\n".join(out)
 
 
@@ -346,6 +392,11 @@ def machine() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=servers.ROOT,
                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mailgw"],
+                               cwd=servers.ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        if dirty:
+            commit += " (+ uncommitted changes in mailgw/)"
     except (OSError, subprocess.SubprocessError):
         commit = "?"
     return (f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, "
@@ -418,19 +469,28 @@ def main(argv=None) -> int:
         labels = dict(clients=scale.clients, per_connection=scale.per_connection,
                       size_kb=scale.size // 1024, c_mb=scale.c_size // MB,
                       d_count=scale.d_count, d_tls_count=scale.d_tls_count)
+        def target_of(process):
+            return load.Target(process.name, "127.0.0.1", process.port, password, context)
+
         for key in keys:
             label = SCENARIOS[key].format(**labels)
-            for name in names:
-                started = time.monotonic()
-                row = measure(key, processes[name](),
-                              lambda p: load.Target(p.name, "127.0.0.1", p.port, password,
-                                                    context),
-                              scale, label, args.profile, args.profile_mode)
-                rows.append(row)
-                print(f"bench: {label} {name}: {row.messages} msgs, {row.connections} conns, "
-                      f"{row.errors} errors in {time.monotonic() - started:.1f} s"
-                      + (f" ({'; '.join(row.error_samples)})" if row.error_samples else ""),
-                      flush=True)
+            rounds = scale.rounds if key in ("a", "b") else 1
+            share = dataclasses.replace(
+                scale, a_messages=scale.a_messages // rounds, a_seconds=scale.a_seconds / rounds,
+                b_messages=scale.b_messages // rounds, b_seconds=scale.b_seconds / rounds)
+            merged = {}
+            for round_ in range(rounds):
+                for name in (names if round_ % 2 == 0 else names[::-1]):
+                    started = time.monotonic()
+                    row = measure(key, processes[name](), target_of, share, label,
+                                  args.profile and (args.profile if round_ == 0 else None),
+                                  args.profile_mode)
+                    print(f"bench: {label} {name}: {row.messages} msgs, {row.connections} "
+                          f"conns, {row.errors} errors in {time.monotonic() - started:.1f} s"
+                          + (f" ({'; '.join(row.error_samples)})" if row.error_samples
+                             else ""), flush=True)
+                    merged[name] = merged[name].merge(row) if name in merged else row
+            rows += [merged[name] for name in names]
     finally:
         if args.keep:
             print(f"bench: kept {folder}")
@@ -445,7 +505,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "rows": [
-                dict(asdict(r), cpu_per_1000=r.cpu_per_1000, rss_growth_mb=r.rss_growth_mb,
+                dict({k: v for k, v in asdict(r).items() if k != "latencies"},
+                     cpu_per_1000=r.cpu_per_1000, rss_growth_mb=r.rss_growth_mb,
                      rss_per_connection_kb=r.rss_per_connection_kb) for r in rows],
                 "targets": [{"text": t, "passed": p} for t, p in results]}, f, indent=2)
     if any(r.errors for r in rows) and args.smoke:

@@ -27,12 +27,16 @@ ORG, SERVER, DOMAIN = "bench", "main", "bench.example"
 
 # -- /proc ----------------------------------------------------------------------
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the whole process (every thread)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the whole process (every thread)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     # fields[0] is the state (field 3); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def machine_busy_seconds() -> float:
@@ -88,6 +92,10 @@ class ServerProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid]
 
     def start(self) -> "ServerProcess":
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
@@ -193,18 +201,78 @@ def seed_tenant(config: str) -> str:
     return credential["key"]
 
 
-def mailgw_process(folder: str, config: str, levers: str = "") -> ServerProcess:
+class ProcessGroup:
+    """N gateway processes sharing one port (SO_REUSEPORT), measured as one."""
+
+    def __init__(self, name: str, members: list[ServerProcess]):
+        self.name = name
+        self.members = members
+        self.port = None
+
+    @property
+    def pid(self) -> int:
+        return self.members[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members]
+
+    def start(self) -> "ProcessGroup":
+        try:
+            for member in self.members:
+                member.start()
+        except BaseException:
+            self.stop()
+            raise
+        ports = {m.port for m in self.members}
+        if len(ports) != 1:
+            self.stop()
+            raise RuntimeError(f"{self.name}: workers listen on different ports {ports}")
+        self.port = ports.pop()
+        return self
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mailgw_process(folder: str, config: str, levers: str = ""):
     """``twistd -n mailgw``; with C{levers} ("group+onehop"), patched by
-    L{bench.levers} first (what-if experiments only)."""
+    L{bench.levers} first (what-if experiments only); "workersN" among them
+    starts N processes on one port."""
+    tokens = [t for t in levers.split("+") if t]
+    workers = next((int(t[7:]) for t in tokens if t.startswith("workers")), 1)
+    if workers > 1:
+        with open(config) as f:
+            text = f.read().replace("tcp:0:", f"tcp:{free_port()}:")
+        shared = os.path.join(folder, "mailgw-workers.toml")
+        with open(shared, "w") as f:
+            f.write(text)
+        patches = "+".join([t for t in tokens if not t.startswith("workers")]
+                           + ["reuseport"])
+        members = [_twistd(folder, shared, patches, f"twistd-w{n}.log")
+                   for n in range(workers)]
+        return ProcessGroup(f"mailgw+{levers}", members)
+    return _twistd(folder, config, levers, "twistd.log")
+
+
+def _twistd(folder: str, config: str, levers: str, log_name: str) -> ServerProcess:
     if levers:
         start = ["-c", "import bench.levers; bench.levers.main()", levers]
         name = f"mailgw+{levers}"
     else:
         start = ["-c", "from twisted.scripts.twistd import run; run()"]
         name = "mailgw"
-    argv = [sys.executable, *start, "-n", "--pidfile=", "--logfile=twistd.log", "mailgw",
+    argv = [sys.executable, *start, "-n", "--pidfile=", f"--logfile={log_name}", "mailgw",
             "--config", config]
-    return ServerProcess(name, argv, folder, "twistd.log")
+    return ServerProcess(name, argv, folder, log_name)
 
 
 def baseline_process(folder: str, cert: str, key: str, password: str,
