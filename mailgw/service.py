@@ -21,6 +21,7 @@ from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
+from mailgw.relay.service import RelayService
 from mailgw.store import open_store
 from mailgw.store.cache import CachingDirectory
 from mailgw.tls import TLSOptions
@@ -87,6 +88,12 @@ class GatewayService(service.MultiService):
             self.listeners.append(_endpoint_service(
                 reactor, config.metrics.endpoint, health_site(self.store, self.metrics),
                 f"{config.metrics.endpoint} (metrics and health)"))
+        self.relay = None
+        if config.relay.enabled:
+            self.relay = RelayService(self.store, config.relay, reactor,
+                                      hostname=config.hostname, metrics=self.metrics,
+                                      stop_grace=config.shutdown_grace)
+            self.directory.after_enqueue = self.relay.wake
         self.ready = defer.Deferred()
 
     def _listener(self, listener):
@@ -126,6 +133,8 @@ class GatewayService(service.MultiService):
             svc._waitingForPort.addCallback(self._listening, svc.label)
         if self.api is not None:
             self.api.setServiceParent(self)
+        if self.relay is not None:
+            self.relay.setServiceParent(self)
         if self.tls is not None and self.config.tls.reload_interval > 0:
             self._reload = LoopingCall(self.tls.reload_if_changed)
             self._reload.clock = self.reactor

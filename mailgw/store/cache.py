@@ -28,6 +28,18 @@ class CachingDirectory:
         self._ttl = ttl
         self._answers = OrderedDict()   # (name, args) -> (expires, value)
         self._pending = {}              # (name, args) -> [waiting Deferreds]
+        #: called after each committed enqueue (the relay's wake), or None
+        self.after_enqueue = None
+
+    def enqueue(self, envelope, body):
+        d = self._store.enqueue(envelope, body)
+        if self.after_enqueue is not None:
+            d.addCallback(self._enqueued)
+        return d
+
+    def _enqueued(self, result):
+        self.after_enqueue()
+        return result
 
     def __getattr__(self, name):
         target = getattr(self._store, name)

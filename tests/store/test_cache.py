@@ -25,6 +25,9 @@ class FakeStore:
     def list_entries(self):
         return "not cached"
 
+    def enqueue(self, envelope, body):
+        return defer.succeed({"r@x": 1})
+
     def answer(self, value=None, fail=None):
         pending, self.pending = self.pending, []
         for d in pending:
@@ -72,3 +75,9 @@ class CachingDirectoryTests(unittest.TestCase):
             self.store.answer(f"s{i}")
             self.successResultOf(d)
         self.assertEqual(len(self.directory._answers), 3)
+
+    def test_after_enqueue_hook(self):
+        woken = []
+        self.directory.after_enqueue = lambda: woken.append(True)
+        self.assertEqual(self.successResultOf(self.directory.enqueue("e", "b")), {"r@x": 1})
+        self.assertEqual(woken, [True])
