@@ -6,13 +6,16 @@ table, and the targets with PASS/FAIL.
     python -m bench.run --smoke    # a handful of messages (the trial smoke test)
 
 Scenarios (each against a fresh server process, mailgw then aiosmtpd, back
-to back, after a short warm-up that is not counted):
+to back, after a short warm-up that is not counted; (a) and (b) in two rounds,
+the second in the reverse order):
 
   (a) 50 clients x 20 messages per connection, 10 kB
   (b) 50 clients x 1 message per connection (a TLS handshake per message), 10 kB
   (c) one 50 MB message: the server's RSS growth
   (d) 5,000 idle connections (past EHLO): RSS per connection
-  (d') the same past STARTTLS (for information; the target is (d)'s)
+  (d') 2,000 idle connections past STARTTLS (information; the target is (d)'s)
+
+--variants also runs mailgw patched with bench/levers.py (what-if experiments).
 
 Server CPU is /proc/PID/stat utime+stime (every thread) before and after;
 peak RSS is VmHWM after resetting it (clear_refs), with VmRSS sampling as a
