@@ -86,6 +86,13 @@ def normalise_domain(name: str) -> str | None:
         return None
     if name.startswith("["):
         return _normalise_literal(name)
+    if name.isascii():
+        # Fast path: plain LDH names need no IDNA mapping (and are most names).
+        plain = name.lower().removesuffix(".")
+        labels = plain.split(".")
+        if (len(plain) <= _MAX_DOMAIN and all(map(_LDH_LABEL.fullmatch, labels))
+                and not any(label[2:4] == "--" for label in labels)):
+            return plain
     ascii_name = _to_ascii(name)
     if ascii_name is None:
         return None

@@ -21,14 +21,26 @@ _KEY_ALPHABET = string.ascii_letters + string.digits
 _TOKEN_ALPHABET = string.ascii_uppercase + string.digits
 
 
+def _random_text(alphabet: str, length: int) -> str:
+    """C{length} characters of C{alphabet}, uniformly, from as few CSPRNG reads
+    as possible (bytes past the largest multiple of the alphabet's size are
+    dropped, so no character is more likely than another)."""
+    limit = 256 - 256 % len(alphabet)
+    out = []
+    while len(out) < length:
+        out += [alphabet[b % len(alphabet)] for b in secrets.token_bytes(length * 2)
+                if b < limit]
+    return "".join(out[:length])
+
+
 def generate_key(length: int = 24) -> str:
     """A credential key: C{length} characters of [A-Za-z0-9] from a CSPRNG."""
-    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(length))
+    return _random_text(_KEY_ALPHABET, length)
 
 
 def generate_token(length: int = 8) -> str:
     """A trace id or queue id: C{length} characters of [A-Z0-9] from a CSPRNG."""
-    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(length))
+    return _random_text(_TOKEN_ALPHABET, length)
 
 
 def valid_permalink(value: str) -> bool:

@@ -387,3 +387,20 @@ class MailboxListPropertyTests(unittest.TestCase):
     @given(_MAILBOXES)
     def test_paths_round_trip(self, mailbox):
         self.assertEqual(parse_path(f"<{mailbox}>", allow_empty=False), mailbox)
+
+
+class ASCIIFastPathTests(unittest.TestCase):
+    """Plain ASCII names skip IDNA; the answer must be the one IDNA gives."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(alphabet="abcXYZ019-.", min_size=1, max_size=70))
+    def test_fast_path_agrees_with_idna(self, name):
+        from mailgw import address
+        slow = address._to_ascii(name)
+        if slow is not None:
+            slow = slow.lower().removesuffix(".")
+            labels = slow.split(".")
+            if len(slow) > address._MAX_DOMAIN or not all(
+                    map(address._LDH_LABEL.fullmatch, labels)):
+                slow = None
+        self.assertEqual(normalise_domain(name), slow)

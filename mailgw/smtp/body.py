@@ -12,8 +12,8 @@ from __future__ import annotations
 
 def _crlf(segment: bytes) -> bytes:
     """Bare LF becomes CRLF; CRLF and other bytes are untouched."""
-    if b"\n" not in segment:
-        return segment
+    if segment.count(b"\n") == segment.count(b"\r\n"):
+        return segment  # no bare LF: the common case, two C-level scans
     return segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 

@@ -347,7 +347,6 @@ class SubmissionProtocol(Protocol):
                                self.client_ip, tls=True)
         self.transport.startTLS(self.factory.tls_options.server_options())
         self._start_handshake_timer()
-        self._log("STARTTLS")
 
     # AUTH ----------------------------------------------------------------
 

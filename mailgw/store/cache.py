@@ -1,8 +1,8 @@
 """A short-lived cache of the directory look-ups on the message path.
 
-Every RCPT and every final dot re-reads the server, the credential and the
-authorised domains, so that a suspension or a newly verified domain applies to
-the next command. Within one second (the spec's bound for any cache) the
+Every AUTH, RCPT and final dot re-reads the credential, the server and the
+authorised domains, so that a suspension, a new or removed credential or a
+newly verified domain applies to the next command. Within one second (the spec's bound for any cache) the
 answer is reused, and concurrent look-ups of the same thing share one query.
 Failures are never cached; the cache holds a bounded number of entries.
 """
@@ -15,7 +15,8 @@ from twisted.internet import defer
 #: how long an answer is reused (spec §1: "bounded to about a second")
 TTL = 1.0
 MAX_ENTRIES = 10_000
-CACHED = ("server_by_id", "credential_by_id", "authorised_domains")
+CACHED = ("server_by_id", "credential_by_id", "authorised_domains", "credential_by_key",
+          "credentials_of_server", "credential_for_address")
 
 
 class CachingDirectory:
