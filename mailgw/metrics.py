@@ -30,6 +30,7 @@ class Metrics:
                                       registry=r)
         self.commands = Counter("mailgw_smtp_commands", "SMTP commands received", ["verb"],
                                 registry=r)
+        self._verbs = {}
         self.auth = Counter("mailgw_smtp_auth", "Authentication attempts",
                             ["mechanism", "result"], registry=r)
         self.client_errors = Counter("mailgw_smtp_client_errors",
@@ -46,7 +47,12 @@ class Metrics:
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
     def command(self, verb: str) -> None:
-        self.commands.labels(verb if verb in KNOWN_VERBS else "other").inc()
+        counter = self._verbs.get(verb)
+        if counter is None:
+            counter = self.commands.labels(verb if verb in KNOWN_VERBS else "other")
+            if verb in KNOWN_VERBS:
+                self._verbs[verb] = counter  # bound once: this runs per command
+        counter.inc()
 
 
 class TimedStore:

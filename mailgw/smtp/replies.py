@@ -14,12 +14,13 @@ class SMTPReply(Exception):
         super().__init__(code, text)
         self.code = code
         self.text = text
+        self._wire = f"{code} {text}\r\n".encode("utf-8")
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}"
 
     def encode(self) -> bytes:
-        return f"{self.code} {self.text}\r\n".encode("utf-8")
+        return self._wire
 
 
 R = SMTPReply
