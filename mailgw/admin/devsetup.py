@@ -33,6 +33,16 @@ spool_directory = "spool"
 [database]
 url = "sqlite:mailgw.sqlite3"
 
+[relay]
+# Accepted mail stays in the queue (see `mailgw queue list`): a development
+# gateway should not send real mail by surprise. Set true, and a smarthost, to
+# deliver it.
+enabled = false
+
+[metrics]
+# /health and /metrics
+endpoint = "tcp:9091:interface=127.0.0.1"
+
 [tls]
 # A self-signed certificate for localhost and 127.0.0.1, made on first run.
 certificate = "tls/cert.pem"
