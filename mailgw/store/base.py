@@ -212,22 +212,20 @@ def _messages_since(server_id, since):
 # -- the queue ----------------------------------------------------------------
 
 def _enqueue(envelope, body, now):
+    size = body.seek(0, io.SEEK_END)
+    body.seek(0)
     rows = yield Q(
         "INSERT INTO messages (token, server_id, credential_id, mail_from, "
-        "sender_domain, protocol, size, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+        "sender_domain, protocol, size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "RETURNING id",
         (envelope.token, envelope.server_id, envelope.credential_id,
-         envelope.mail_from, envelope.sender_domain, envelope.protocol, now))
+         envelope.mail_from, envelope.sender_domain, envelope.protocol, size, now))
     message_id = rows[0][0]
-    size = 0
-    body.seek(0)
     seq = 0
     while chunk := body.read(CHUNK_SIZE):
         yield Q("INSERT INTO message_chunks (message_id, seq, data) VALUES (?, ?, ?)",
                 (message_id, seq, chunk))
-        size += len(chunk)
         seq += 1
-    yield Q("UPDATE messages SET size = ? WHERE id = ?", (size, message_id))
     ids = {}
     for rcpt in envelope.rcpt_to:
         rows = yield Q(
