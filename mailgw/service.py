@@ -80,7 +80,8 @@ class GatewayService(service.MultiService):
         self.api = None
         if config.http_api is not None:
             self.api = api_listener_service(
-                build_api_site(self.directory, config, reactor, self.throttle),
+                build_api_site(self.directory, config, reactor, self.throttle,
+                               self.metrics),
                 config, self.tls, reactor)
         self.factories = []
         self.listeners = [self._listener(listener) for listener in config.listeners]

@@ -66,8 +66,9 @@ class SendAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, store, config, clock, throttle):
+    def __init__(self, store, config, clock, throttle, metrics=None):
         super().__init__()
+        self._metrics = metrics
         self._store = store
         self._clock = clock
         self._throttle = throttle
@@ -82,9 +83,20 @@ class SendAPI(Resource):
         gone = []
         request.notifyFinish().addErrback(gone.append)
         d = self._answer(request)
+        d.addCallback(self._count, request)
         d.addCallback(self._write, request, started, gone)
         d.addErrback(lambda f: log.failure("HTTP API: answer not written", f))
         return server.NOT_DONE_YET
+
+    def _count(self, answer, request):
+        """Submissions count in the same series as SMTP messages."""
+        code, status, data = answer
+        if self._metrics is not None and code == 200:
+            if status == "success":
+                self._metrics.messages.labels("accepted", "queued").inc()
+            else:
+                self._metrics.messages.labels("rejected", f"HTTP {data.get('code')}").inc()
+        return answer
 
     def _write(self, answer, request, started, gone):
         if gone:
@@ -240,7 +252,7 @@ def _body_size(content) -> int:
     return size
 
 
-def build_api_site(store, config, clock, throttle) -> server.Site:
+def build_api_site(store, config, clock, throttle, metrics=None) -> server.Site:
     """The API as a twisted.web C{Site}.
 
     @param store: an L{mailgw.interfaces.IStore}.
@@ -249,8 +261,10 @@ def build_api_site(store, config, clock, throttle) -> server.Site:
         any C{IReactorTime}.
     @param throttle: the L{mailgw.auth.throttle.FailureThrottle} SMTP AUTH
         uses, or None.
+    @param metrics: the gateway's L{mailgw.metrics.Metrics}, or None.
     """
-    site = server.Site(SendAPI(store, config, clock, throttle), timeout=IDLE_TIMEOUT,
+    site = server.Site(SendAPI(store, config, clock, throttle, metrics),
+                       timeout=IDLE_TIMEOUT,
                        reactor=clock)
     site.requestFactory = LimitedRequest
     site.max_message_size = config.limits.max_message_size

@@ -146,3 +146,8 @@ class HTTPAPIEndToEndTests(GatewayTestBase):
         self.assertEqual(entry["id"], answer["data"]["messages"]["user@dest.example"]["id"])
         raw = mailgw_cli(self.config, "queue", "show", str(entry["id"]), "--raw", raw=True)
         self.assertIn(b" with HTTP id ", raw.split(b"\r\n")[0])
+        url = f"http://127.0.0.1:{self.gateway.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            found = samples(response.read().decode())
+        self.assertEqual(found[("mailgw_messages_total",
+                                (("reason", "queued"), ("result", "accepted")))], 1)
