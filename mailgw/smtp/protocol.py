@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailgw.address import AddressError, parse_path, split_mail_argument
@@ -267,7 +268,11 @@ class SubmissionProtocol(Protocol):
             text = arg.decode("utf-8").strip()
         except UnicodeDecodeError:
             return self._reply(_SYNTAX.get(verb, replies.R(501, "Syntax error")))
-        result = handler(text)
+        try:
+            result = handler(text)
+        except Exception:
+            # Never drop a client silently: the same 451 as an asynchronous error.
+            return self._failed(Failure())
         if isinstance(result, defer.Deferred):
             self._await(result)
 

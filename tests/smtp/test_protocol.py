@@ -126,6 +126,21 @@ class ConnectionTests(ProtocolTestBase):
         self.assertEqual(len(self.h.take()), MAX_BUFFER // 6 + 10)
 
 
+class InternalErrorTests(ProtocolTestBase):
+    @defer.inlineCallbacks
+    def test_synchronous_error_is_451_and_session_survives(self):
+        yield self.authenticated()
+        yield self.lines("MAIL FROM:<me@good.example>", "RCPT TO:<a@dest.example>")
+
+        def broken(*args):
+            raise OSError("spool directory gone")
+        self.h.protocol.avatar.open_message = broken
+        replies = yield self.lines("DATA", "NOOP")
+        self.assertEqual(replies, [b"451 Temporary failure, please try again later", b"250 OK"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertIsNone(self.h.protocol.mail_from)
+
+
 class ShutdownTests(ProtocolTestBase):
     def test_idle_session_told_at_once(self):
         self.h.protocol.shutdown()
