@@ -16,13 +16,14 @@ from dataclasses import dataclass, replace
 
 from twisted.internet import defer, endpoints, ssl
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailgw.address import normalise_domain
 from mailgw.config import RelayConfig
 from mailgw.model import Claim, DeliveryAttempt
 from mailgw.relay.bounce import build_bounce
-from mailgw.relay.client import ClientSettings, connect, describe
-from mailgw.relay.errors import DeliveryError, permanent
+from mailgw.relay.client import ClientSettings, SMTPSession, connect, describe
+from mailgw.relay.errors import DeliveryError, permanent, temporary
 from mailgw.relay.mx import MXResolver, Target
 from mailgw.relay.schedule import next_attempt
 
@@ -188,14 +189,47 @@ class DeliveryJob:
         self.route = route
         self.claims = list(claims)
         self.session = None
+        self.opened = []  # every session of the job, closed before run() fires
         self.aborted = False
+        self._step = None  # the look-up or connection attempt under way
 
     def abort(self):
-        """Stop now: drop the connection and settle nothing more (the
-        unsettled entries are given back by the runner)."""
+        """Stop now: cancel the look-up or connection attempt under way, drop
+        the connections and settle nothing more (a settle under way still
+        ends; the unsettled entries are given back by the runner)."""
         self.aborted = True
-        if self.session is not None:
-            self.session.connection.abort()
+        step, self._step = self._step, None
+        if step is not None:
+            d, waiting = step
+            d.cancel()
+            if not waiting.called:  # whatever d does when cancelled, stop waiting
+                waiting.errback(temporary("delivery stopped"))
+        for session in self.opened:
+            session.connection.abort()
+
+    def _unless_aborted(self, d):
+        """C{d}'s result, unless L{abort} comes first: C{d} is then cancelled
+        and this fails at once with a L{DeliveryError}; whatever C{d} still
+        brings is dropped (a session closed at once)."""
+        waiting = defer.Deferred()
+        step = (d, waiting)
+
+        def arrived(result):
+            if self._step is step:
+                self._step = None
+            if not waiting.called:
+                if isinstance(result, Failure):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+            elif isinstance(result, SMTPSession):
+                result.connection.abort()
+            return None  # a failure after the abort is of no interest
+        self._step = step
+        d.addBoth(arrived)
+        if self.aborted:
+            self.abort()
+        return waiting
 
     def _messages(self) -> OrderedDict:
         by_message = OrderedDict()
@@ -207,7 +241,6 @@ class DeliveryJob:
     def run(self):
         """Deliver every claim (or settle it as failed); fires once the
         job's connections are closed."""
-        self.opened = []
         try:
             yield self._run()
         except Exception:
@@ -221,7 +254,7 @@ class DeliveryJob:
     def _run(self):
         pending = self._messages()
         try:
-            targets = yield self.router.targets(self.route)
+            targets = yield self._unless_aborted(self.router.targets(self.route))
         except Exception as e:
             yield self._settle_all(pending, Result.of_error(describe(e)))
             return
@@ -248,10 +281,11 @@ class DeliveryJob:
             settings = self.router.settings(target)
             while not self.aborted:
                 try:
-                    self.session = yield connect(self.router.endpoint(target), self.clock,
-                                                 settings, target.label)
-                    self.opened.append(self.session)
-                    return self.session
+                    session = yield self._unless_aborted(connect(
+                        self.router.endpoint(target), self.clock, settings, target.label))
+                    self.opened.append(session)
+                    self.session = session
+                    return session
                 except DeliveryError as e:
                     last = e
                     if settings.tls != "opportunistic" or not e.text.startswith("TLS failed"):

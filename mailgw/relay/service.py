@@ -71,9 +71,10 @@ class RelayService(service.Service):
         self._jobs = {}  # DeliveryJob -> its Deferred
         self._in_flight = set()  # entry ids claimed and not yet finished
         self._claiming = None
+        self._renewing = None  # the lease renewal under way
         self._wake_call = None
         self._poll = self._renew = None
-        self._stopping = False
+        self._stopping = self._aborting = False
         #: the Deferred of the latest lease renewal (tests wait for it)
         self.last_renewal = None
 
@@ -81,7 +82,7 @@ class RelayService(service.Service):
 
     def startService(self):
         super().startService()
-        self._stopping = False
+        self._stopping = self._aborting = False
         self._poll = LoopingCall(self._poll_once)
         self._poll.clock = self.clock
         self._poll.start(self.config.poll_interval, now=True)
@@ -94,6 +95,11 @@ class RelayService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """Fires once nothing of the relay uses the store any more: the claim
+        and lease renewal under way are done, every job has finished (within
+        C{stop_grace}, else aborted; a settle under way is waited for) and the
+        unfinished entries are given back. It never fails: the store may be
+        closed as soon as it has fired."""
         super().stopService()
         self._stopping = True
         for loop in (self._poll, self._renew):
@@ -101,30 +107,34 @@ class RelayService(service.Service):
                 loop.stop()
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
-        if self._claiming is not None:
-            yield _observe(self._claiming)
-        yield self._finish_jobs()
+        # The grace counts from now, whatever is still under way: waiting for
+        # a claim first once postponed it past the time it was meant to end.
+        grace = self.clock.callLater(self.stop_grace, self._abort_jobs)
+        try:
+            if self._claiming is not None:
+                yield _observe(self._claiming)  # its jobs never start (_run_job)
+            while self._jobs:  # those of the claim just done included
+                yield defer.DeferredList(list(self._jobs.values()))
+            if self._renewing is not None:
+                yield _observe(self._renewing)
+        finally:
+            if grace.active():
+                grace.cancel()
         left = sorted(self._in_flight)
         if left:
-            released = yield self.store.release_leases(self.node_id, left)
-            log.info("relay {node}: gave back {n} unfinished entries", node=self.node_id,
-                     n=released)
-
-    def _finish_jobs(self):
-        """Wait for the jobs under way, up to C{stop_grace}; then abort them."""
-        jobs = list(self._jobs.items())
-        if not jobs:
-            return defer.succeed(None)
-        timer = self.clock.callLater(self.stop_grace, self._abort_jobs)
-        done = defer.DeferredList([d for _, d in jobs])
-
-        def finished(result):
-            if timer.active():
-                timer.cancel()
-            return None
-        return done.addBoth(finished)
+            try:
+                released = yield self.store.release_leases(self.node_id, left)
+            except Exception:
+                log.failure("relay {node}: giving back {n} unfinished entries failed; "
+                            "their leases pass in {lease:g} s", node=self.node_id,
+                            n=len(left), lease=self.config.lease)
+            else:
+                self._in_flight.difference_update(left)
+                log.info("relay {node}: gave back {n} unfinished entries",
+                         node=self.node_id, n=released)
 
     def _abort_jobs(self):
+        self._aborting = True  # and any job still to be registered (see _start)
         for job in list(self._jobs):
             job.abort()
 
@@ -198,6 +208,8 @@ class RelayService(service.Service):
         d.addErrback(lambda f: log.failure("relay: delivery to {route} failed", f,
                                            route=route))
         d.addBoth(finished)
+        if self._aborting and job in self._jobs:
+            job.abort()  # the stop grace passed as it ran (synchronously)
         return job
 
     def _run_job(self, job):
@@ -207,11 +219,16 @@ class RelayService(service.Service):
         return job.run()
 
     def _renew_leases(self):
-        if not self._in_flight:
+        if not self._in_flight or self._renewing is not None:
             return None
-        d = self.store.renew_leases(self.node_id, sorted(self._in_flight),
-                                    self.clock.seconds() + self.config.lease)
+        d = self._renewing = self.store.renew_leases(
+            self.node_id, sorted(self._in_flight), self.clock.seconds() + self.config.lease)
         d.addErrback(lambda f: log.failure("relay: renewing leases failed", f))
+
+        def done(result):
+            self._renewing = None
+            return result
+        d.addBoth(done)
         self.last_renewal = d
         return d
 

@@ -178,8 +178,9 @@ class SMTPConnection(protocol.Protocol):
     # -- the API ------------------------------------------------------------------
 
     def reply(self, what: str = "a reply") -> defer.Deferred:
-        """The next reply, failing with L{SMTPTimeout} after C{timeout}."""
-        d = defer.Deferred()
+        """The next reply, failing with L{SMTPTimeout} after C{timeout}.
+        Cancelling it drops the connection (the dialogue is out of step)."""
+        d = defer.Deferred(self._cancel_wait)
         if self._failure is not None:
             d.errback(self._failure)
             return d
@@ -202,7 +203,7 @@ class SMTPConnection(protocol.Protocol):
             return defer.fail(self._failure)
         if not self._paused:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d = defer.Deferred(self._cancel_wait)
         self._drain_waiters.append(d)
         self._arm("drain", "room to write the message")
         return d
@@ -243,6 +244,13 @@ class SMTPConnection(protocol.Protocol):
         timer = self._timers.pop(kind, None)
         if timer is not None and timer.active():
             timer.cancel()
+
+    def _cancel_wait(self, d):
+        """A reply or room to write no longer awaited: out of the queues (a
+        late reply must not fire it again), and the connection dropped."""
+        self._waiting = deque(w for w in self._waiting if w[0] is not d)
+        self._drain_waiters = [w for w in self._drain_waiters if w is not d]
+        self._fail(defer.CancelledError())
 
     def _fail(self, reason):
         if self._failure is None:

@@ -68,11 +68,12 @@ class SinkProtocol(protocol.Protocol):
         self.login = None
         self.envelope = None
         self.messages = 0
-        self.silent = False
+        self.silent = self.sink.silent_at == b"GREETING"
         self.garbage = False
         self.closed = defer.Deferred()
         self.sink.live.add(self)
         self.reply(self.sink.greeting)
+        self.sink.connected()
 
     def connectionLost(self, reason=None):
         self.sink.live.discard(self)
@@ -231,13 +232,16 @@ class Sink(protocol.ServerFactory):
         self.mail_reply = b"250 2.1.0 Ok"
         self.rcpt_replies = {}
         self.data_replies = []
-        self.silent_at = None  # b"DATA", b"END" (the final dot), ...: stop answering
+        #: stop answering at b"GREETING" (say nothing at all), b"DATA", b"END" (the
+        #: final dot), or any other verb
+        self.silent_at = None
         self.hang_up_after = 0
         self.connections = []
         self.live = set()
         self.messages = []
         self._waiters = []
         self._command_waiters = {}
+        self._connection_waiters = []
 
     def received(self, message):
         self.messages.append(message)
@@ -252,6 +256,17 @@ class Sink(protocol.ServerFactory):
         verb = line.split(b" ", 1)[0].upper()
         for d in self._command_waiters.pop(verb, []):
             d.callback(line)
+
+    def connected(self):
+        waiters, self._connection_waiters = self._connection_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait_for_connection(self):
+        """Fires once the next connection has been accepted."""
+        d = defer.Deferred()
+        self._connection_waiters.append(d)
+        return d
 
     def wait_for_command(self, verb: bytes):
         """Fires with the next command line of C{verb} the sink receives."""

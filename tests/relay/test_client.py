@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet import defer, endpoints, reactor, ssl
+from twisted.internet import defer, endpoints, error, reactor, ssl
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailgw.relay.client import BytesBody, ClientSettings, connect
 from mailgw.relay.errors import DeliveryError
-from mailgw.relay.wire import DotStuffer, MalformedReply, Reply, ReplyParser
+from mailgw.relay.wire import (DotStuffer, MalformedReply, Reply, ReplyParser,
+                               SMTPConnection)
 from mailgw.store.base import CHUNK_SIZE
 from tests.relay.sink import Sink, certificate, text_body, unstuff
 
@@ -67,6 +69,37 @@ class WireTests(unittest.SynchronousTestCase):
             stuffer = DotStuffer()
             stuffer.feed(body)
             self.assertEqual(stuffer.end(), end, body)
+
+
+class ConnectionTests(unittest.SynchronousTestCase):
+    def connection(self):
+        from twisted.internet.testing import StringTransport
+        connection = SMTPConnection(Clock(), 300)
+        connection.makeConnection(StringTransport())
+        return connection
+
+    def test_cancelled_reply_drops_the_connection_and_is_never_fired_again(self):
+        connection = self.connection()
+        d = connection.command(b"NOOP")
+        later = connection.reply()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.failureResultOf(later, defer.CancelledError)
+        self.assertTrue(connection.transport.disconnected)
+        connection.dataReceived(b"250 late\r\n")  # no AlreadyCalledError
+        connection.connectionLost(Failure(error.ConnectionAborted()))
+        self.failureResultOf(connection.reply(), defer.CancelledError)
+        self.assertEqual(connection.clock.getDelayedCalls(), [])
+
+    def test_cancelled_drain_drops_the_connection(self):
+        connection = self.connection()
+        connection.pauseProducing()
+        d = connection.drained()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertTrue(connection.transport.disconnected)
+        connection.resumeProducing()  # no AlreadyCalledError
+        self.assertEqual(connection.clock.getDelayedCalls(), [])
 
 
 class ClientTestBase(unittest.TestCase):

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 from mailgw.config import RelayConfig
 from mailgw.model import DeliveryAttempt
+from mailgw.relay.mx import MXResolver
 from mailgw.relay.service import RelayService
 from mailgw.store.base import CHUNK_SIZE
 from tests.relay.fixtures import BODY, PostgresFixture, StoreFixture
@@ -320,6 +321,91 @@ class RelayContract(StoreFixture):
         yield self.relay("node-b").run_once()
         self.assertEqual(len(self.sink.accepted), 1)
         self.assertEqual((yield self.entry(entry_id)).status, "sent")
+
+    @defer.inlineCallbacks
+    def assertGivenBack(self, entry_id):
+        entry = yield self.entry(entry_id)
+        self.assertEqual((entry.status, entry.attempts), ("queued", 0))
+        self.assertEqual((yield self.lock_of(entry_id))[:2], (None, None))
+
+    @defer.inlineCallbacks
+    def test_stop_grace_counts_from_the_stop_while_a_claim_is_under_way(self):
+        """A poll's claim still under way when the stop begins does not
+        postpone the grace (it once was armed only after that claim, so a
+        clock advanced meanwhile never aborted the job: the stop hung)."""
+        ids = yield self.enqueue()
+        self.sink.silent_at = b"DATA"
+        relay = self.relay("node-a")
+        data = self.sink.wait_for_command(b"DATA")
+        relay.startService()
+        yield data
+        gate, store = defer.Deferred(), self.store
+
+        class Gated:
+            def __getattr__(self, name):
+                return getattr(store, name)
+
+            def claim_due(self, *args):
+                return gate.addCallback(lambda _: store.claim_due(*args))
+        relay.store = Gated()
+        self.clock.advance(5)  # the next poll: its claim waits at the gate
+        stopping = relay.stopService()
+        self.clock.advance(10)  # the grace passes, the claim still under way
+        self.assertNoResult(stopping)
+        gate.callback(None)
+        yield stopping
+        yield self.assertGivenBack(ids["to@dest.test"])
+        self.assertEqual(len(self.sink.connections), 1)
+
+    @defer.inlineCallbacks
+    def test_stop_while_the_connection_opens(self):
+        """A job still waiting for the greeting is stopped at the end of the
+        grace (not after the command timeout), and sends nothing after."""
+        ids = yield self.enqueue()
+        self.sink.silent_at = b"GREETING"
+        relay = self.relay()
+        connected = self.sink.wait_for_connection()
+        relay.startService()
+        yield connected
+        stopping = relay.stopService()
+        self.clock.advance(10)
+        yield stopping
+        yield self.assertGivenBack(ids["to@dest.test"])
+        yield defer.DeferredList([p.closed for p in self.sink.live])  # dropped
+        self.assertEqual([c.commands for c in self.sink.connections], [[]])
+
+    @defer.inlineCallbacks
+    def test_stop_while_looking_up_the_mx(self):
+        """A job waiting for DNS is stopped at the end of the grace, even
+        though the look-up goes on after its cancellation (the resolver
+        tries the next MX host, which never answers either)."""
+        from twisted.names import dns
+
+        class Silent:
+            asked = defer.Deferred()
+
+            def lookupMailExchange(self, name, timeout=None):
+                answers = [dns.RRHeader(name=name, type=dns.MX, payload=mx(pref, host))
+                           for pref, host in ((10, "a.dest.test"), (20, "b.dest.test"))]
+                return defer.succeed((answers, [], []))
+
+            def lookupAddress(self, name, timeout=None):
+                if not self.asked.called:
+                    self.asked.callback(name)
+                return defer.Deferred()  # never answered
+
+            lookupIPV6Address = lookupAddress
+        resolver = Silent()
+        ids = yield self.enqueue(rcpts=("a@dest.test",))
+        relay = self.relay(smarthost="", resolver="127.0.0.1:53", mx_port=self.port)
+        relay.router.mx = MXResolver(resolver, self.port)
+        relay.startService()
+        yield resolver.asked
+        stopping = relay.stopService()
+        self.clock.advance(10)
+        yield stopping
+        yield self.assertGivenBack(ids["a@dest.test"])
+        self.assertEqual(self.sink.connections, [])
 
     @defer.inlineCallbacks
     def test_expired_lease_is_taken_over(self):
