@@ -95,7 +95,6 @@ class GatewayService(service.MultiService):
                                       hostname=config.hostname, metrics=self.metrics,
                                       stop_grace=config.shutdown_grace)
             self.directory.after_enqueue = self.relay.wake
-        self.ready = defer.Deferred()
 
     def _listener(self, listener):
         settings = protocol_settings(self.config, listener)
@@ -120,11 +119,6 @@ class GatewayService(service.MultiService):
         d.addCallback(lambda _: self.raw_store.upgrade())
         d.addCallback(self._serve)
         d.addErrback(self._failed_to_start)
-        d.addBoth(self._fire_ready)
-
-    def _fire_ready(self, result):
-        if not self.ready.called:
-            self.ready.callback(result)
 
     def _serve(self, applied):
         if applied:
