@@ -2,9 +2,11 @@
 it at start-up, so that a lever's gain can be measured before anyone builds it
 properly in mailgw/ (``python -m bench.run --variants "nolog+notouch"``).
 
-Two levers first measured here are now built into mailgw, and their
-prototypes were removed: group commit (b3e01cd) and the one-second directory
-cache (0e08edf); bench/RESULTS.md keeps what they gave.
+Levers first measured here and now built into mailgw had their prototypes
+removed: group commit, the one-second directory cache (AUTH look-ups included),
+one CSPRNG read per token and the ASCII fast path before IDNA; "onehop" went
+too (it was a copy of mailgw.smtp.delivery.commit_message to keep in step).
+bench/RESULTS.md keeps what each gave.
 
 These are prototypes and upper bounds for measurement only. Some change
 semantics on purpose (C{nosync} is not durable); none of this is ever loaded
@@ -13,13 +15,6 @@ by the real gateway.
   nolog       the per-connection and per-message info lines are not written
   nosync      PRAGMA synchronous=NORMAL: what the fsync costs (NOT durable)
   notouch     a credential's last_used_at is written at most once a minute
-  onehop      the end-of-DATA reads (credential, server, domains, send limit)
-              and the enqueue run as one transaction on the writer thread,
-              instead of three or four thread round trips
-  authcache   AUTH's credential look-up is cached for a second too
-  fasttoken   queue and trace ids from one getrandom() call each (today one
-              secrets.choice, i.e. a syscall or more, per character)
-  idnacache   the IDNA encoding of domain names is memoised
   reuseport   listening sockets get SO_REUSEPORT (used by "workersN": N
               gateway processes on one port, the kernel spreading connections)
 
@@ -70,99 +65,6 @@ def _no_touch():
         written[credential_id] = when
         return touch(self, credential_id, when)
     base.Store.touch_credential = seldom
-
-
-@lever("onehop")
-def _one_hop():
-    from mailgw.model import MessageEnvelope
-    from mailgw.smtp import delivery, replies
-    from mailgw.smtp.message import sender_domain
-    from mailgw.store import base
-
-    def submit(credential_id, token, mail_from, recipients, header_block, body, protocol,
-               now):
-        found = yield from base._credential_by_id(credential_id)
-        if found is None:
-            raise replies.AUTH_REQUIRED
-        credential, server = found
-        if server.is_suspended:
-            raise replies.SERVER_SUSPENDED
-        names, any_domain = yield from base._authorised_domains(server.id)
-        domain = sender_domain(header_block, server, names, any_domain)
-        hold = None
-        if credential.hold:
-            hold = "credential on hold"
-        elif server.mode == "development":
-            hold = "server in development mode"
-        elif server.send_limit is not None:
-            count = yield from base._messages_since(
-                server.id, now - delivery.SEND_LIMIT_WINDOW)
-            if count >= server.send_limit:
-                hold = "send limit reached"
-        envelope = MessageEnvelope(
-            token=token, server_id=server.id, credential_id=credential.id,
-            mail_from=mail_from, rcpt_to=tuple(recipients), sender_domain=domain,
-            protocol=protocol, status="held" if hold else "queued", hold_reason=hold)
-        return (yield from base._enqueue(envelope, body, now))
-
-    def commit_message(store, clock, *, credential_id, token, mail_from, recipients,
-                       header_block, body, protocol):
-        return store._run(submit, credential_id, token, mail_from, recipients,
-                          header_block, body, protocol, clock.seconds())
-    delivery.commit_message = commit_message
-
-
-@lever("authcache")
-def _auth_cache():
-    """credential_by_key (every AUTH PLAIN/LOGIN) answered from memory for a
-    second, as the directory cache does for the message path."""
-    from twisted.internet import defer
-
-    from mailgw.store import base
-    lookup = base.Store.credential_by_key
-    answers = {}
-
-    def cached(self, key, type):
-        now = self._now()
-        hit = answers.get((key, type))
-        if hit is not None and hit[0] > now:
-            return defer.succeed(hit[1])
-
-        def keep(value):
-            if len(answers) > 10_000:
-                answers.clear()
-            answers[(key, type)] = (now + 1.0, value)
-            return value
-        return lookup(self, key, type).addCallback(keep)
-    base.Store.credential_by_key = cached
-
-
-@lever("fasttoken")
-def _fast_token():
-    """Queue and trace ids from one getrandom() each, instead of one
-    secrets.choice (one or more getrandom syscalls) per character."""
-    import os
-
-    from mailgw import model
-    from mailgw.smtp import delivery, protocol
-    alphabet = model._TOKEN_ALPHABET
-    limit = 256 - 256 % len(alphabet)
-
-    def generate_token(length: int = 8) -> str:
-        out = []
-        while len(out) < length:
-            out += [alphabet[b % len(alphabet)] for b in os.urandom(length * 2) if b < limit]
-        return "".join(out[:length])
-    for module in (model, delivery, protocol):
-        module.generate_token = generate_token
-
-
-@lever("idnacache")
-def _idna_cache():
-    import functools
-
-    from mailgw import address
-    address._to_ascii = functools.lru_cache(maxsize=4096)(address._to_ascii)
 
 
 @lever("reuseport")

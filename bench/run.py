@@ -429,7 +429,7 @@ def parse_args(argv):
     parser.add_argument("--servers", default="mailgw,aiosmtpd")
     parser.add_argument("--variants", default="", metavar="LEVERS,...",
                         help="also measure mailgw patched with these lever sets "
-                             "(bench/levers.py), e.g. nolog,group+onehop")
+                             "(bench/levers.py), e.g. nolog,nosync+notouch")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy record every measured server into DIR")

@@ -244,7 +244,7 @@ def free_port() -> int:
 
 
 def mailgw_process(folder: str, config: str, levers: str = ""):
-    """``twistd -n mailgw``; with C{levers} ("group+onehop"), patched by
+    """``twistd -n mailgw``; with C{levers} ("nolog+notouch"), patched by
     L{bench.levers} first (what-if experiments only); "workersN" among them
     starts N processes on one port."""
     tokens = [t for t in levers.split("+") if t]
