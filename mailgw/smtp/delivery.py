@@ -66,12 +66,12 @@ class SubmissionDelivery:
             client_ip=s.client_ip, helo=s.helo or s.client_ip,
             privacy=self.identity.server.privacy_mode)
 
-    def commit(self, message: SubmissionMessage, header_block: bytes, body):
+    def commit(self, message: SubmissionMessage, fields, body):
         """Decide and store; fires with the queue id once committed."""
         d = commit_message(
             self._store, self._clock, credential_id=self.identity.credential.id,
             token=message.token, mail_from=message.mail_from,
-            recipients=message.recipients, header_block=header_block, body=body,
+            recipients=message.recipients, fields=fields, body=body,
             protocol=self.session.protocol_word)
         return d.addCallback(lambda ids: message.token)
 
@@ -96,10 +96,13 @@ def received_header(hostname: str, protocol: str, token: str, when: float, *,
 
 @defer.inlineCallbacks
 def commit_message(store, clock, *, credential_id: int, token: str, mail_from: str,
-                   recipients, header_block: bytes, body, protocol: str):
+                   recipients, fields, body, protocol: str):
     """The end of every submission, SMTP or HTTP: re-read the credential and
     its server, apply the From/Sender policy, decide queued or held, and commit
     the body with one queue entry per recipient.
+
+    @param fields: the message's header fields, as
+        L{mailgw.smtp.sender_policy.header_fields} splits them.
 
     @return: Deferred firing with C{{recipient: queue entry id}} once the
         commit is durable; failing with C{replies.SERVER_SUSPENDED},
@@ -113,7 +116,7 @@ def commit_message(store, clock, *, credential_id: int, token: str, mail_from: s
     if server.is_suspended:
         raise replies.SERVER_SUSPENDED
     names, any_domain = yield store.authorised_domains(server.id)
-    domain = sender_domain(header_block, server, names, any_domain)
+    domain = sender_domain(fields, server, names, any_domain)
     hold_reason = yield hold_reason_for(store, clock, credential, server)
     envelope = MessageEnvelope(
         token=token, server_id=server.id, credential_id=credential.id,

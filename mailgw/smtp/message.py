@@ -8,13 +8,14 @@ only when that commit has happened does it fire with the queue id.
 """
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 
 from twisted.internet import defer
 
 from mailgw.smtp import replies
-from mailgw.smtp.sender_policy import AuthorisedDomains, check_sender, header_fields
+from mailgw.smtp.sender_policy import AuthorisedDomains, check_sender_fields, header_fields
 
 #: bodies up to this size never touch the disk before the commit
 SPOOL_MEMORY = 256 * 1024
@@ -82,23 +83,31 @@ class SubmissionMessage:
             fields = header_fields(bytes(self._headers))
             if own_received_count(fields, self._delivery.hostname) > MAX_OWN_RECEIVED:
                 raise replies.LOOP_DETECTED
-            token = yield self._delivery.commit(self, bytes(self._headers), self._spool)
+            token = yield self._delivery.commit(self, fields, self._spool)
             return token
         finally:
             self._spool.close()
 
 
+@functools.lru_cache(maxsize=8)
+def _by_host(hostname: str):
+    # One pattern per host name, not one per message.
+    return re.compile(r"(?:^|[\s;(])by\s+" + re.escape(hostname) + r"(?![\w.-])",
+                      re.IGNORECASE)
+
+
 def own_received_count(fields, hostname: str) -> int:
     """How many Received fields name C{by <hostname>}."""
-    pattern = re.compile(r"(?:^|[\s;(])by\s+" + re.escape(hostname) + r"(?![\w.-])",
-                         re.IGNORECASE)
+    pattern = _by_host(hostname)
     return sum(1 for name, value in fields if name == "received" and pattern.search(value))
 
 
-def sender_domain(header_block: bytes, server, names, any_domain) -> str:
-    """The From/Sender check of spec §7; raises the 530 reply when it fails."""
-    domain = check_sender(header_block, allow_sender_header=server.allow_sender_header,
-                          authorised=AuthorisedDomains(frozenset(names), any_domain))
+def sender_domain(fields, server, names, any_domain) -> str:
+    """The From/Sender check of spec §7 on the parsed header fields; raises the
+    530 reply when it fails."""
+    domain = check_sender_fields(
+        fields, allow_sender_header=server.allow_sender_header,
+        authorised=AuthorisedDomains(frozenset(names), any_domain))
     if domain is None:
         raise replies.SENDER_NOT_VALID
     return domain

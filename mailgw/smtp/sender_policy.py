@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mailgw.address import AddressError, parse_mailbox_list, normalise_domain
 
-__all__ = ["AuthorisedDomains", "header_fields", "check_sender"]
+__all__ = ["AuthorisedDomains", "header_fields", "check_sender", "check_sender_fields"]
 
 # field-name is printable ASCII except ':'; obs-optional allows WSP before the colon.
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)", re.DOTALL)
@@ -72,7 +72,15 @@ def check_sender(
     *allow_sender_header*.  A header passes when it parses, names at least one mailbox,
     and every mailbox's domain is authorised.  There is no parent/sub-domain matching.
     """
-    fields = header_fields(header_block)
+    return check_sender_fields(header_fields(header_block),
+                               allow_sender_header=allow_sender_header, authorised=authorised)
+
+
+def check_sender_fields(
+    fields: list[tuple[str, str]], *, allow_sender_header: bool, authorised: AuthorisedDomains
+) -> str | None:
+    """L{check_sender} on fields already split by L{header_fields} (the end of
+    DATA has them for the loop check, so the block is parsed once)."""
     from_values = [value for name, value in fields if name == "from"]
     domain = _passing_domain(from_values, authorised)
     if domain is None and allow_sender_header:

@@ -178,14 +178,14 @@ class SendAPI(Resource):
                                    client_ip=ip or None, privacy=server_.privacy_mode)
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         form_value = (request.args or {}).get(b"params", [None])[0]
-        submission, spool, block = yield self._run(
+        submission, spool, fields = yield self._run(
             _body_size(request.content), self._prepare, kind, now, received,
             content_type, request.content, form_value)
         try:
             ids = yield commit_message(
                 self._store, self._clock, credential_id=credential.id, token=token,
                 mail_from=submission.mail_from, recipients=submission.recipients,
-                header_block=block, body=spool, protocol="HTTP")
+                fields=fields, body=spool, protocol="HTTP")
         except replies.SMTPReply as e:
             code = _COMMIT_ERRORS.get((e.code, e.text))
             if code is None:
@@ -209,7 +209,7 @@ class SendAPI(Resource):
     def _prepare(self, kind, now, received, content_type, content, form_value):
         """Parse, validate and build; spool Received + message. Runs on any thread.
 
-        @return: C{(Submission, spool file, header block)}.
+        @return: C{(Submission, spool file, header fields)}.
         """
         content.seek(0)
         body = content.read()
@@ -226,8 +226,8 @@ class SendAPI(Resource):
                                         max_recipients=self._max_recipients)
         if len(received) + len(submission.message) > self._max_size:
             raise too_large(self._max_size)
-        block = received + header_block(submission.message)
-        if own_received_count(header_fields(block), self._hostname) > MAX_OWN_RECEIVED:
+        fields = header_fields(received + header_block(submission.message))
+        if own_received_count(fields, self._hostname) > MAX_OWN_RECEIVED:
             raise APIError("LoopDetected")
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY,
                                               dir=self._spool_directory,
@@ -238,7 +238,7 @@ class SendAPI(Resource):
         except BaseException:
             spool.close()
             raise
-        return submission, spool, block
+        return submission, spool, fields
 
 
 def _error(e: APIError) -> dict:
