@@ -195,9 +195,6 @@ class Config:
     #: the file this came from (None when built in code)
     source: str | None = field(default=None, metadata={"internal": True})
 
-    def database_url(self) -> str:
-        return self.database.url
-
 
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate the TOML file at C{path}.

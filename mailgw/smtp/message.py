@@ -62,16 +62,6 @@ class SubmissionMessage:
             del self._headers[MAX_HEADER_BLOCK:]
             self._headers_done = True
 
-    # IMessage, for those who feed lines
-    def lineReceived(self, line: bytes) -> None:
-        self.write(line + b"\r\n")
-
-    def eomReceived(self):
-        return self.finish()
-
-    def connectionLost(self):
-        self.abort()
-
     def abort(self) -> None:
         self._spool.close()
 

@@ -2,7 +2,7 @@
 Received header need, kept apart from the protocol's parsing state."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -15,7 +15,6 @@ class Session:
     tls: bool = False
     #: the mechanism that authenticated the session, "IP", or None
     mechanism: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def protocol_word(self) -> str:
