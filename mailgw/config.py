@@ -84,10 +84,18 @@ class TLSConfig:
 class LimitsConfig:
     max_message_size_mb: int = field(default=14, metadata=_check(_positive))
     max_recipients: int = field(default=100, metadata=_check(_positive))
+    #: the largest header section accepted, in KiB; a larger one is refused whole
+    max_header_size_kb: int = field(default=1024, metadata=_check(_positive))
+    #: accept RCPT TO addresses whose domain is an address literal (x@[192.0.2.1])
+    allow_address_literals: bool = False
 
     @property
     def max_message_size(self) -> int:
         return self.max_message_size_mb * 1024 * 1024
+
+    @property
+    def max_header_size(self) -> int:
+        return self.max_header_size_kb * 1024
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,9 @@ class RelayConfig:
     lease: float = field(default=600.0, metadata=_check(_positive))
     connect_timeout: float = field(default=30.0, metadata=_check(_positive))
     command_timeout: float = field(default=300.0, metadata=_check(_positive))
+    #: let MX delivery connect to loopback, link-local, unspecified or multicast
+    #: addresses and to this node's own addresses (the smarthost is always allowed)
+    allow_local_destinations: bool = False
 
 
 @dataclass(frozen=True)
