@@ -63,10 +63,10 @@ class IDirectory(Interface):
 
     def authorised_domains(server_id):
         """The verified domains a server may send as (its own and its
-        organization's, normalised), and whether it owns a verified
-        C{use_for_any} domain.
+        organization's, normalised), and the verified C{use_for_any} domain it
+        owns, if any (the first by name when there are several).
 
-        @return: Deferred firing with C{(frozenset of names, bool)}.
+        @return: Deferred firing with C{(frozenset of names, name or None)}.
         """
 
     def touch_credential(credential_id, when):

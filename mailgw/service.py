@@ -18,12 +18,13 @@ from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import Config
 from mailgw.metrics import Metrics, TimedStore
-from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
+from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.relay.service import RelayService
 from mailgw.store import open_store
 from mailgw.store.cache import CachingDirectory
+from mailgw.submission import CoreSettings, SubmissionCore
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.health import health_site
@@ -67,20 +68,20 @@ class GatewayService(service.MultiService):
         self.directory = CachingDirectory(self.store, reactor)
         self.tls = TLSOptions.from_config(config.tls) if config.tls else None
         os.makedirs(config.spool_directory, exist_ok=True)
-        delivery_settings = DeliverySettings(config.hostname,
-                                             config.limits.max_message_size,
-                                             config.spool_directory)
+        #: the end of every submission, SMTP and HTTP alike
+        self.core = SubmissionCore(self.directory, reactor, CoreSettings(
+            config.hostname, config.limits.max_message_size, config.limits.max_header_size,
+            config.spool_directory))
 
         def make_delivery(identity, session):
-            return SubmissionDelivery(identity, session, self.directory,
-                                      delivery_settings, reactor)
+            return SubmissionDelivery(identity, session, self.core, self.directory)
 
         self.portal = build_portal(self.directory, reactor, make_delivery)
         self.throttle = FailureThrottle.from_config(reactor, config.auth_throttle)
         self.api = None
         if config.http_api is not None:
             self.api = api_listener_service(
-                build_api_site(self.directory, config, reactor, self.throttle,
+                build_api_site(self.directory, self.core, config, reactor, self.throttle,
                                self.metrics),
                 config, self.tls, reactor)
         self.factories = []

@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mailgw.auth.realm import build_portal
-from mailgw.smtp.delivery import DeliverySettings, SubmissionDelivery
+from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
+from mailgw.submission import CoreSettings, SubmissionCore
 from mailgw.store import open_store
 
 HOSTNAME = "mx.mailgw.test"
@@ -123,14 +124,16 @@ class Harness:
         spool = testcase.mktemp()
         os.makedirs(spool)
         tls_options = settings.pop("tls_options", None)
+        header_size = settings.pop("max_header_size", 64 * 1024)
         options = dict(hostname=HOSTNAME, max_message_size=1024 * 1024)
         options.update(settings)
         self.settings = ProtocolSettings(**options)
-        delivery_settings = DeliverySettings(HOSTNAME, self.settings.max_message_size, spool)
+        core_settings = CoreSettings(HOSTNAME, self.settings.max_message_size,
+                                     header_size, spool)
+        self.core = SubmissionCore(self.store, self.clock, core_settings)
 
         def make_delivery(identity, session):
-            return SubmissionDelivery(identity, session, self.store, delivery_settings,
-                                      self.clock)
+            return SubmissionDelivery(identity, session, self.core, self.store)
 
         self.portal = build_portal(self.store, self.clock, make_delivery)
         self.factory = SubmissionFactory(self.settings, self.portal, self.clock,

@@ -4,17 +4,11 @@ dot-stuffing, chunk by chunk, without per-line Python work.
 The end is exactly CRLF "." CRLF (the first CRLF may be the one that ended the
 DATA command). LF.LF, LF.CRLF and CRLF.LF do not end a message: that is what
 SMTP smuggling relies on. A line (CRLF-terminated) that starts with a dot loses
-that dot (unless a bare LF follows it). Bare LF inside the body is stored
-as CRLF.
+that dot (unless a bare LF follows it). Other line ends pass through as
+they came: the submission core (L{mailgw.submission.IncomingMessage}) makes
+every line end CRLF or refuses the message, for SMTP and HTTP alike.
 """
 from __future__ import annotations
-
-
-def _crlf(segment: bytes) -> bytes:
-    """Bare LF becomes CRLF; CRLF and other bytes are untouched."""
-    if segment.count(b"\n") == segment.count(b"\r\n"):
-        return segment  # no bare LF: the common case, two C-level scans
-    return segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 class BodyDecoder:
@@ -45,7 +39,7 @@ class BodyDecoder:
                         break
                     if data.startswith(b".\r\n", i):
                         self.finished = True
-                        return _crlf(b"".join(out)), data[i + 3:]
+                        return b"".join(out), data[i + 3:]
                     if not data.startswith(b".\n", i):
                         # Undo dot-stuffing. A dot before a bare LF is kept:
                         # that "line" was never a stuffed SMTP line.
@@ -65,4 +59,4 @@ class BodyDecoder:
             out.append(data[i:j + 2])
             i = j + 2
             self._line_start = True
-        return _crlf(b"".join(out)), None
+        return b"".join(out), None

@@ -1,47 +1,60 @@
 """The delivery avatar: one authenticated session acting for one tenant server.
 
-It answers the envelope questions (may this server send now?), opens the
-message sink with its Received header, and at the final dot decides the From/
-Sender verdict and the message's status (queued or held) from the directory as
-it is at that moment, then commits through the queue.
+It answers the envelope questions (may this server send now?) and opens each
+message through the protocol-neutral L{mailgw.submission.SubmissionCore},
+whose refusals it words as the wire contract's SMTP replies.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from email.utils import format_datetime
-from datetime import datetime, timezone
-
-from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailgw.interfaces import ISubmissionDelivery
-from mailgw.model import MessageEnvelope, generate_token
+from mailgw.model import generate_token
 from mailgw.smtp import replies
-from mailgw.smtp.message import SubmissionMessage, sender_domain
+from mailgw.submission import (
+    QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
+    MalformedHeaderSection, MessageTooLarge, Refusal, SenderNotAuthorised, ServerSuspended,
+)
 
-QUEUE_ID_LENGTH = 12
-SEND_LIMIT_WINDOW = 3600.0
+log = Logger()
 
 
-@dataclass(frozen=True)
-class DeliverySettings:
-    hostname: str
-    max_message_size: int
-    spool_directory: str | None = None
+def reply_for(refusal: Refusal) -> replies.SMTPReply:
+    """The SMTP reply that words one of the core's refusals."""
+    if isinstance(refusal, MessageTooLarge):
+        return replies.too_large(refusal.max_size)
+    if isinstance(refusal, HeaderSectionTooLarge):
+        return replies.header_section_too_large(refusal.max_size)
+    if isinstance(refusal, MalformedHeaderSection):
+        return replies.header_section_not_valid(refusal.what)
+    return _FIXED[type(refusal)]
+
+
+_FIXED = {
+    MalformedBody: replies.NUL_IN_BODY,
+    LoopDetected: replies.LOOP_DETECTED,
+    SenderNotAuthorised: replies.SENDER_NOT_VALID,
+    ServerSuspended: replies.SERVER_SUSPENDED,
+    CredentialGone: replies.AUTH_REQUIRED,
+}
 
 
 @implementer(ISubmissionDelivery)
 class SubmissionDelivery:
-    def __init__(self, identity, session, store, settings: DeliverySettings, clock):
+    """The avatar the realm makes for an authenticated SMTP session."""
+
+    def __init__(self, identity, session, core, store):
+        """
+        @param identity: the L{mailgw.auth.checkers.Identity} it acts for.
+        @param session: the connection's L{mailgw.smtp.session.Session}.
+        @param core: the L{mailgw.submission.SubmissionCore}.
+        @param store: an L{mailgw.interfaces.IDirectory}.
+        """
         self.identity = identity
         self.session = session
+        self._core = core
         self._store = store
-        self._settings = settings
-        self._clock = clock
-
-    @property
-    def hostname(self) -> str:
-        return self._settings.hostname
 
     def check_recipient(self, address):
         d = self._store.server_by_id(self.identity.server.id)
@@ -51,91 +64,48 @@ class SubmissionDelivery:
                 raise replies.SERVER_SUSPENDED
         return d.addCallback(check)
 
-    def open_message(self, mail_from, recipients) -> SubmissionMessage:
-        token = generate_token(QUEUE_ID_LENGTH)
-        message = SubmissionMessage(self, token, mail_from, recipients,
-                                    self._settings.max_message_size,
-                                    self._settings.spool_directory)
-        message.write(self.received_header(token))
-        return message
-
-    def received_header(self, token: str) -> bytes:
-        s = self.session
-        return received_header(
-            self.hostname, s.protocol_word, token, self._clock.seconds(),
-            client_ip=s.client_ip, helo=s.helo or s.client_ip,
-            privacy=self.identity.server.privacy_mode)
-
-    def commit(self, message: SubmissionMessage, fields, body):
-        """Decide and store; fires with the queue id once committed."""
-        d = commit_message(
-            self._store, self._clock, credential_id=self.identity.credential.id,
-            token=message.token, mail_from=message.mail_from,
-            recipients=message.recipients, fields=fields, body=body,
-            protocol=self.session.protocol_word)
-        return d.addCallback(lambda ids: message.token)
+    def open_message(self, mail_from, recipients) -> SMTPMessage:
+        return SMTPMessage(self._core, self.identity, self.session, mail_from, recipients)
 
     def logout(self) -> None:
         pass
 
 
-def received_header(hostname: str, protocol: str, token: str, when: float, *,
-                    client_ip: str | None = None, helo: str | None = None,
-                    privacy: bool = False) -> bytes:
-    """The trace header prepended to every accepted message (spec §6).
+class SMTPMessage:
+    """One message of an SMTP transaction, between DATA and the final reply."""
 
-    Without C{client_ip} (or with C{privacy}) only the C{by} part is written.
-    """
-    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
-    by = f"by {hostname} with {protocol} id {token}; {date}"
-    if privacy or client_ip is None:
-        return f"Received: {by}\r\n".encode("utf-8")
-    return f"Received: from {helo or client_ip} ({client_ip} [{client_ip}]) {by}\r\n".encode(
-        "utf-8", "replace")
+    def __init__(self, core, identity, session, mail_from: str, recipients):
+        self._core = core
+        self._identity = identity
+        self._session = session
+        self.token = generate_token(QUEUE_ID_LENGTH)
+        self.mail_from = mail_from
+        self.recipients = tuple(recipients)
+        s = session
+        self._incoming = core.open_message(core.received_header(
+            s.protocol_word, self.token, client_ip=s.client_ip, helo=s.helo or s.client_ip,
+            privacy=identity.server.privacy_mode))
 
+    def write(self, chunk: bytes) -> None:
+        """Body bytes, dot-stuffing undone, line ends as the client sent them."""
+        self._incoming.write(chunk)
 
-@defer.inlineCallbacks
-def commit_message(store, clock, *, credential_id: int, token: str, mail_from: str,
-                   recipients, fields, body, protocol: str):
-    """The end of every submission, SMTP or HTTP: re-read the credential and
-    its server, apply the From/Sender policy, decide queued or held, and commit
-    the body with one queue entry per recipient.
+    def abort(self) -> None:
+        self._incoming.close()
 
-    @param fields: the message's header fields, as
-        L{mailgw.smtp.sender_policy.header_fields} splits them.
+    def finish(self):
+        """@return: Deferred firing with the queue id once committed, or
+        failing with the L{replies.SMTPReply} to send."""
+        d = self._core.finish(
+            self._incoming, credential_id=self._identity.credential.id, token=self.token,
+            mail_from=self.mail_from, recipients=self.recipients,
+            protocol=self._session.protocol_word)
+        d.addCallbacks(lambda ids: self.token, self._refused)
+        return d
 
-    @return: Deferred firing with C{{recipient: queue entry id}} once the
-        commit is durable; failing with C{replies.SERVER_SUSPENDED},
-        C{replies.SENDER_NOT_VALID} or C{replies.AUTH_REQUIRED} (credential
-        gone), or the store's error.
-    """
-    found = yield store.credential_by_id(credential_id)
-    if found is None:
-        raise replies.AUTH_REQUIRED
-    credential, server = found
-    if server.is_suspended:
-        raise replies.SERVER_SUSPENDED
-    names, any_domain = yield store.authorised_domains(server.id)
-    domain = sender_domain(fields, server, names, any_domain)
-    hold_reason = yield hold_reason_for(store, clock, credential, server)
-    envelope = MessageEnvelope(
-        token=token, server_id=server.id, credential_id=credential.id,
-        mail_from=mail_from, rcpt_to=tuple(recipients), sender_domain=domain,
-        protocol=protocol, status="held" if hold_reason else "queued",
-        hold_reason=hold_reason)
-    ids = yield store.enqueue(envelope, body)
-    return ids
-
-
-@defer.inlineCallbacks
-def hold_reason_for(store, clock, credential, server):
-    """Why a new message must be held rather than relayed, or None."""
-    if credential.hold:
-        return "credential on hold"
-    if server.mode == "development":
-        return "server in development mode"
-    if server.send_limit is not None:
-        count = yield store.messages_since(server.id, clock.seconds() - SEND_LIMIT_WINDOW)
-        if count >= server.send_limit:
-            return "send limit reached"
-    return None
+    def _refused(self, failure):
+        failure.trap(Refusal)
+        reply = reply_for(failure.value)
+        log.info("[{trace}] message refused: {reason} ({reply})",
+                 trace=self._session.trace_id, reason=failure.value.reason, reply=str(reply))
+        raise reply

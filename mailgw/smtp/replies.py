@@ -1,4 +1,4 @@
-"""Every fixed SMTP reply of the wire contract (shared/spec/SMTP.md), in one
+"""Every fixed SMTP reply of the wire contract (C{docs/smtp.md}), in one
 place, so that the texts clients match on are written exactly once.
 
 A L{SMTPReply} is also an exception: policy code raises it and the protocol
@@ -61,6 +61,7 @@ AUTH_REQUIRED = R(530, "Authentication required")
 SERVER_SUSPENDED = R(535, "Mail server has been suspended")
 
 LOOP_DETECTED = R(550, "Loop detected")
+NUL_IN_BODY = R(554, "Message body contains a NUL byte")
 SENDER_NOT_VALID = R(530, "From/Sender name is not valid")
 TEMPORARY_FAILURE = R(451, "Temporary failure, please try again later")
 
@@ -75,6 +76,14 @@ def queued(token: str) -> SMTPReply:
 
 def too_large(max_bytes: int) -> SMTPReply:
     return R(552, f"Message too large (maximum size {max_bytes // (1024 * 1024)}MB)")
+
+
+def header_section_too_large(max_bytes: int) -> SMTPReply:
+    return R(552, f"Header section too large (maximum size {max_bytes // 1024}KB)")
+
+
+def header_section_not_valid(what: str) -> SMTPReply:
+    return R(554, f"Header section not valid: {what}")
 
 
 def greeting(hostname: str, trace_id: str) -> SMTPReply:

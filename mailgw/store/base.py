@@ -194,7 +194,8 @@ def _authorised_domains(server_id):
         "(SELECT organization_id FROM servers WHERE id = ?))",
         (True, server_id, server_id))
     names = frozenset(r[0] for r in rows)
-    any_domain = any(bool(r[1]) and r[2] == server_id for r in rows)
+    # The first by name, so that the choice is stable when there are several.
+    any_domain = min((r[0] for r in rows if r[1] and r[2] == server_id), default=None)
     return names, any_domain
 
 

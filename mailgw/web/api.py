@@ -9,14 +9,14 @@ unknown path (404) and a request body over the size limit (413, see
 L{mailgw.web.limits}), both with the same JSON shape.
 
 A request is answered only once its message is durably committed. The end of
-the road is L{mailgw.smtp.delivery.commit_message}, as for SMTP: it re-reads
-the credential and server, applies the From/Sender policy and decides queued
-or held, so HTTP mail differs from SMTP mail only in its Received line.
+the road is L{mailgw.submission.SubmissionCore}, as for SMTP: the same header
+section rules, size, loop and From/Sender checks, holds and commit, so HTTP
+mail differs from SMTP mail only in its Received line. This module only
+words the core's refusals as API error codes.
 """
 from __future__ import annotations
 
 import json
-import tempfile
 from urllib.parse import parse_qs
 
 from twisted.application import internet
@@ -30,13 +30,12 @@ from twisted.web.resource import Resource
 
 from mailgw.interfaces import StoreError
 from mailgw.model import generate_token
-from mailgw.smtp import replies
-from mailgw.smtp.delivery import QUEUE_ID_LENGTH, commit_message, received_header
-from mailgw.smtp.message import MAX_OWN_RECEIVED, SPOOL_MEMORY, own_received_count
-from mailgw.smtp.sender_policy import header_fields
+from mailgw.submission import (
+    QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
+    MalformedHeaderSection, MessageTooLarge, Refusal, SenderNotAuthorised, ServerSuspended,
+)
 from mailgw.web.compose import (
-    APIError, ParameterError, compose_message, header_block, parse_params,
-    raw_submission, too_large,
+    APIError, ParameterError, compose_message, parse_params, raw_submission, too_large,
 )
 from mailgw.web.limits import LimitedRequest, request_body_limit
 
@@ -48,12 +47,27 @@ IDLE_TIMEOUT = 300
 #: request bodies from this size on are decoded and built on a worker thread
 THREAD_THRESHOLD = 256 * 1024
 
-#: what the shared commit path's refusals mean to an API client
-_COMMIT_ERRORS = {
-    (replies.SERVER_SUSPENDED.code, replies.SERVER_SUSPENDED.text): "ServerSuspended",
-    (replies.SENDER_NOT_VALID.code, replies.SENDER_NOT_VALID.text):
-        "UnauthenticatedFromAddress",
-    (replies.AUTH_REQUIRED.code, replies.AUTH_REQUIRED.text): "InvalidServerAPIKey",
+
+
+def error_for(refusal: Refusal) -> APIError:
+    """The API error that words one of the core's refusals."""
+    if isinstance(refusal, MessageTooLarge):
+        return too_large(refusal.max_size)
+    if isinstance(refusal, HeaderSectionTooLarge):
+        return APIError("HeaderSectionTooLarge", "Header section too large (maximum size "
+                        f"{refusal.max_size // 1024}KB)")
+    if isinstance(refusal, MalformedHeaderSection):
+        return APIError("MalformedMessage", f"Header section not valid: {refusal.what}")
+    if isinstance(refusal, MalformedBody):
+        return APIError("MalformedMessage", "Message body contains a NUL byte")
+    return APIError(_FIXED[type(refusal)])
+
+
+_FIXED = {
+    LoopDetected: "LoopDetected",
+    SenderNotAuthorised: "UnauthenticatedFromAddress",
+    ServerSuspended: "ServerSuspended",
+    CredentialGone: "InvalidServerAPIKey",
 }
 
 
@@ -66,16 +80,16 @@ class SendAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, store, config, clock, throttle, metrics=None):
+    def __init__(self, store, core, config, clock, throttle, metrics=None):
         super().__init__()
         self._metrics = metrics
         self._store = store
+        self._core = core
         self._clock = clock
         self._throttle = throttle
         self._hostname = config.hostname
         self._max_size = config.limits.max_message_size
         self._max_recipients = config.limits.max_recipients
-        self._spool_directory = config.spool_directory
         self._threads = IReactorThreads.providedBy(clock)
 
     def render(self, request):
@@ -173,30 +187,31 @@ class SendAPI(Resource):
     @defer.inlineCallbacks
     def _submit(self, request, kind: str, ip: str, trace: str, credential, server_):
         token = generate_token(QUEUE_ID_LENGTH)
-        now = self._clock.seconds()
-        received = received_header(self._hostname, "HTTP", token, now,
-                                   client_ip=ip or None, privacy=server_.privacy_mode)
+        message = self._core.open_message(self._core.received_header(
+            "HTTP", token, client_ip=ip or None, privacy=server_.privacy_mode))
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         form_value = (request.args or {}).get(b"params", [None])[0]
-        submission, spool, fields = yield self._run(
-            _body_size(request.content), self._prepare, kind, now, received,
-            content_type, request.content, form_value)
         try:
-            ids = yield commit_message(
-                self._store, self._clock, credential_id=credential.id, token=token,
+            submission = yield self._run(
+                _body_size(request.content), self._prepare, kind, message,
+                content_type, request.content, form_value)
+        except BaseException:
+            message.close()
+            raise
+        try:
+            ids = yield self._core.finish(
+                message, credential_id=credential.id, token=token,
                 mail_from=submission.mail_from, recipients=submission.recipients,
-                fields=fields, body=spool, protocol="HTTP")
-        except replies.SMTPReply as e:
-            code = _COMMIT_ERRORS.get((e.code, e.text))
-            if code is None:
-                raise
-            raise APIError(code) from None
-        finally:
-            spool.close()
+                protocol="HTTP")
+        except Refusal as refusal:
+            log.info("[{trace}] HTTP {ip} {server}: message refused: {reason}", trace=trace,
+                     ip=ip, server=server_.full_name, reason=refusal.reason)
+            raise error_for(refusal) from None
         log.info("[{trace}] HTTP {ip} {server}: queued as {token} for {n} recipient(s)",
                  trace=trace, ip=ip, server=server_.full_name, token=token,
                  n=len(submission.recipients))
-        return {"message_id": submission.message_id,
+        message_id = submission.message_id or _message_id(message.fields)
+        return {"message_id": message_id,
                 "messages": {rcpt: {"id": ids[rcpt], "token": token}
                              for rcpt in submission.recipients}}
 
@@ -206,10 +221,11 @@ class SendAPI(Resource):
             return deferToThreadPool(self._clock, self._clock.getThreadPool(), fn, *args)
         return defer.maybeDeferred(fn, *args)
 
-    def _prepare(self, kind, now, received, content_type, content, form_value):
-        """Parse, validate and build; spool Received + message. Runs on any thread.
+    def _prepare(self, kind, message, content_type, content, form_value):
+        """Parse, validate and build; write the message into C{message} (the
+        core's L{mailgw.submission.IncomingMessage}). Runs on any thread.
 
-        @return: C{(Submission, spool file, header fields)}.
+        @return: the L{mailgw.web.compose.Submission}.
         """
         content.seek(0)
         body = content.read()
@@ -219,26 +235,22 @@ class SendAPI(Resource):
         params = parse_params(content_type, body, form_value)
         del body
         if kind == "message":
-            submission = compose_message(params, hostname=self._hostname, now=now,
+            submission = compose_message(params, hostname=self._hostname,
+                                         now=self._clock.seconds(),
                                          max_recipients=self._max_recipients)
         else:
             submission = raw_submission(params, max_size=self._max_size,
                                         max_recipients=self._max_recipients)
-        if len(received) + len(submission.message) > self._max_size:
-            raise too_large(self._max_size)
-        fields = header_fields(received + header_block(submission.message))
-        if own_received_count(fields, self._hostname) > MAX_OWN_RECEIVED:
-            raise APIError("LoopDetected")
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY,
-                                              dir=self._spool_directory,
-                                              prefix="mailgw-http-")
-        try:
-            spool.write(received)
-            spool.write(submission.message)
-        except BaseException:
-            spool.close()
-            raise
-        return submission, spool, fields
+        message.write(submission.message)
+        return submission
+
+
+def _message_id(fields) -> str | None:
+    """The Message-ID of a raw message, without angle brackets."""
+    for name, value in fields:
+        if name == "message-id":
+            return value.strip().strip("<>").strip() or None
+    return None
 
 
 def _error(e: APIError) -> dict:
@@ -252,10 +264,11 @@ def _body_size(content) -> int:
     return size
 
 
-def build_api_site(store, config, clock, throttle, metrics=None) -> server.Site:
+def build_api_site(store, core, config, clock, throttle, metrics=None) -> server.Site:
     """The API as a twisted.web C{Site}.
 
     @param store: an L{mailgw.interfaces.IStore}.
+    @param core: the L{mailgw.submission.SubmissionCore} SMTP uses too.
     @param config: the whole L{mailgw.config.Config}.
     @param clock: the reactor (its thread pool decodes big requests), or
         any C{IReactorTime}.
@@ -263,7 +276,7 @@ def build_api_site(store, config, clock, throttle, metrics=None) -> server.Site:
         uses, or None.
     @param metrics: the gateway's L{mailgw.metrics.Metrics}, or None.
     """
-    site = server.Site(SendAPI(store, config, clock, throttle, metrics),
+    site = server.Site(SendAPI(store, core, config, clock, throttle, metrics),
                        timeout=IDLE_TIMEOUT,
                        reactor=clock)
     site.requestFactory = LimitedRequest

@@ -24,19 +24,15 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from mailgw.address import AddressError, Mailbox, parse_mailbox_list, parse_path
-from mailgw.smtp.sender_policy import header_fields
 
 #: Postal's limit on each of to, cc and bcc
 MAX_PER_FIELD = 50
-#: the header block handed to the From/Sender check, as for SMTP
-MAX_HEADER_BLOCK = 1024 * 1024
 
 _SEVEN_BIT = email_policy.SMTP.clone(cte_type="7bit")
 _UTF8 = email_policy.SMTPUTF8.clone(cte_type="7bit")
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
 _CONTENT_TYPE = re.compile(f"({_TOKEN})/({_TOKEN})\\Z")
-_LINE_END = re.compile(rb"\r?\n")
 #: headers the API writes itself; C{headers} may not set them
 RESERVED_HEADERS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date", "message-id",
@@ -90,6 +86,7 @@ class Submission:
     #: the RFC 5322 message, CRLF line ends, without our Received header
     message: bytes
     #: the Message-ID without angle brackets, or None when the message has none
+    #: or it is in raw bytes not parsed yet
     message_id: str | None
 
 
@@ -355,17 +352,8 @@ def raw_submission(params: dict, *, max_size: int, max_recipients: int) -> Submi
         message = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise ParameterError("`data` is not valid base64") from None
-    message = _LINE_END.sub(b"\r\n", message)  # bare LF is stored as CRLF, as for SMTP
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return Submission("" if bounce else sender, recipients, message, _message_id(message))
-
-
-def _message_id(message: bytes) -> str | None:
-    for name, value in header_fields(header_block(message)):
-        if name == "message-id":
-            return value.strip().strip("<>").strip() or None
-    return None
+    # Line ends, the header section and the From are the submission core's job.
+    return Submission("" if bounce else sender, recipients, message, None)
 
 
 def _envelope_address(text: str, name: str, *, allow_empty: bool) -> str:
@@ -378,15 +366,6 @@ def _envelope_address(text: str, name: str, *, allow_empty: bool) -> str:
     if not mailbox.domain:
         raise ParameterError(f"`{name}` has an address without a domain: {text!r}")
     return str(mailbox)
-
-
-def header_block(message: bytes) -> bytes:
-    """The message's bytes up to and including the first empty line (what the
-    From/Sender check reads)."""
-    if message.startswith(b"\r\n"):
-        return b"\r\n"
-    end = message.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-    return message[:end + 4] if end >= 0 else message[:MAX_HEADER_BLOCK]
 
 
 def too_large(max_size: int) -> APIError:

@@ -262,8 +262,10 @@ class BodyDecoderTests(unittest.TestCase):
             b".\r\n": (b"", b""),
             b"a\r\n.\r\nNEXT": (b"a\r\n", b"NEXT"),
             b"..x\r\n...\r\n.\r\n": (b".x\r\n..\r\n", b""),
-            b"a\n.\nb\r\n.\r\n": (b"a\r\n.\r\nb\r\n", b""),
-            b"a\r\n.\nb\r\n.\r\n": (b"a\r\n.\r\nb\r\n", b""),
+            # Line ends other than CRLF pass through; the core canonicalises them.
+            b"a\n.\nb\r\n.\r\n": (b"a\n.\nb\r\n", b""),
+            b"a\r\n.\nb\r\n.\r\n": (b"a\r\n.\nb\r\n", b""),
+            b"a\r.\rb\r\n.\r\n": (b"a\r.\rb\r\n", b""),
             b"a\r\n.": (b"a\r\n", None),
         }
         for data, expected in cases.items():

@@ -451,14 +451,15 @@ class StoreContract:
         yield add("anyother.example", server=("acme", "other"), use_for_any=True)
         yield add("globex.example", organization="globex", verified=True)
         self.assertEqual((yield self.store.authorised_domains(self.mail.id)),
-                         (frozenset({"mail.example", "any.example", "acme.example"}), True))
+                         (frozenset({"mail.example", "any.example", "acme.example"}),
+                          "any.example"))
         # an unverified use_for_any domain grants nothing
         self.assertEqual((yield self.store.authorised_domains(self.other.id)),
-                         (frozenset({"other.example", "acme.example"}), False))
+                         (frozenset({"other.example", "acme.example"}), None))
         self.assertEqual((yield self.store.authorised_domains(self.main.id)),
-                         (frozenset({"globex.example"}), False))
+                         (frozenset({"globex.example"}), None))
         self.assertEqual((yield self.store.authorised_domains(self.main.id + 1000)),
-                         (frozenset(), False))
+                         (frozenset(), None))
 
     @defer.inlineCallbacks
     def test_suspended_server_seen_by_credential_look_up(self):

@@ -31,7 +31,7 @@ from mailgw.admin.devsetup import make_certificate
 from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import Config, HTTPAPIConfig, LimitsConfig, TLSConfig
 from mailgw.interfaces import StoreUnavailable
-from mailgw.smtp.delivery import received_header
+from mailgw.submission import CoreSettings, SubmissionCore, received_header
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.compose import APIError, ParameterError, compose_message, raw_submission
@@ -76,6 +76,13 @@ def exchange(port, data: bytes) -> bytes:
         while chunk := s.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def core_of(store, config):
+    """The submission core the gateway would build for C{config}."""
+    return SubmissionCore(store, reactor, CoreSettings(
+        config.hostname, config.limits.max_message_size, config.limits.max_header_size,
+        config.spool_directory))
 
 
 class ConnectionTracker(WrappingFactory):
@@ -125,7 +132,8 @@ class APITestBase(unittest.TestCase):
         self.serve(self.store)
 
     def serve(self, store):
-        site = build_api_site(store, self.config, reactor, self.throttle)
+        site = build_api_site(store, core_of(store, self.config), self.config, reactor,
+                              self.throttle)
         tracker = ConnectionTracker(site)
         port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
         self.port = port.getHost().port
@@ -708,7 +716,8 @@ class ListenerTests(unittest.TestCase):
         log = []
         globalLogPublisher.addObserver(log.append)
         self.addCleanup(globalLogPublisher.removeObserver, log.append)
-        tracker = ConnectionTracker(build_api_site(store, config, reactor, None))
+        tracker = ConnectionTracker(build_api_site(store, core_of(store, config), config,
+                                                   reactor, None))
         service = api_listener_service(tracker, config, tls_options, reactor)
         service.startService()
 
@@ -855,4 +864,5 @@ class ComposePropertyTests(unittest.TestCase):
         except (APIError, ParameterError):
             return
         self.assertTrue(submission.recipients)
-        self.assertTrue(submission.message.endswith(b"\r\n"))
+        self.assertEqual(base64.b64decode("".join(params["data"].split())),
+                         submission.message)

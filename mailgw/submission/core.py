@@ -1,0 +1,165 @@
+"""The end of every submission, SMTP or HTTP: the checks at the end of the
+message in the wire contract's order (size, header section, loop, From/Sender),
+the hold decision, the Received header, and the one durable commit.
+
+Each check reads the directory as it is at that moment, so a suspension, a
+removed credential or a newly verified domain applies to the next message.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+from twisted.internet import defer
+
+from mailgw.model import MessageEnvelope
+from mailgw.submission.message import IncomingMessage
+from mailgw.submission.policy import AuthorisedDomains, check_sender_fields
+from mailgw.submission.refusals import (
+    CredentialGone, LoopDetected, SenderNotAuthorised, ServerSuspended,
+)
+
+#: the length of a queue id ("250 OK: queued as <id>", the API's token)
+QUEUE_ID_LENGTH = 12
+#: more Received headers naming this gateway than this is a loop
+MAX_OWN_RECEIVED = 4
+#: the window of a server's C{send_limit}
+SEND_LIMIT_WINDOW = 3600.0
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """What the core needs of the configuration."""
+
+    hostname: str
+    max_message_size: int
+    max_header_size: int = 1024 * 1024
+    spool_directory: str | None = None
+
+
+class SubmissionCore:
+    """Opens incoming messages and finishes them: checks, holds, commit.
+
+    @ivar settings: the L{CoreSettings}.
+    """
+
+    def __init__(self, store, clock, settings: CoreSettings):
+        """
+        @param store: an L{mailgw.interfaces.IDirectory} and
+            L{mailgw.interfaces.IQueue} provider.
+        @param clock: an C{IReactorTime}.
+        """
+        self._store = store
+        self._clock = clock
+        self.settings = settings
+
+    @property
+    def hostname(self) -> str:
+        return self.settings.hostname
+
+    def open_message(self, received: bytes) -> IncomingMessage:
+        """A new message whose first line is C{received}."""
+        s = self.settings
+        return IncomingMessage(received, max_size=s.max_message_size,
+                               max_header_size=s.max_header_size,
+                               spool_directory=s.spool_directory)
+
+    def received_header(self, protocol: str, token: str, *, client_ip: str | None = None,
+                        helo: str | None = None, privacy: bool = False) -> bytes:
+        """Our trace header, dated now (see L{received_header})."""
+        return received_header(self.hostname, protocol, token, self._clock.seconds(),
+                               client_ip=client_ip, helo=helo, privacy=privacy)
+
+    @defer.inlineCallbacks
+    def finish(self, message: IncomingMessage, *, credential_id: int, token: str,
+               mail_from: str, recipients, protocol: str):
+        """Check C{message} (whose last byte has been written) and commit it.
+
+        @return: Deferred firing with C{{recipient: queue entry id}} once the
+            commit is durable; failing with a L{mailgw.submission.Refusal}
+            or the store's error. The message is closed either way.
+        """
+        try:
+            fields = message.end()
+            if own_received_count(fields, self.hostname) > MAX_OWN_RECEIVED:
+                raise LoopDetected()
+            ids = yield self._commit(message, fields, credential_id=credential_id,
+                                     token=token, mail_from=mail_from,
+                                     recipients=recipients, protocol=protocol)
+        finally:
+            message.close()
+        return ids
+
+    @defer.inlineCallbacks
+    def _commit(self, message, fields, *, credential_id, token, mail_from, recipients,
+                protocol):
+        store = self._store
+        found = yield store.credential_by_id(credential_id)
+        if found is None:
+            raise CredentialGone()
+        credential, server = found
+        if server.is_suspended:
+            raise ServerSuspended()
+        names, any_domain = yield store.authorised_domains(server.id)
+        domain = check_sender_fields(
+            fields, allow_sender_header=server.allow_sender_header,
+            authorised=AuthorisedDomains(frozenset(names), any_domain))
+        if domain is None:
+            raise SenderNotAuthorised()
+        hold_reason = yield hold_reason_for(store, self._clock, credential, server)
+        envelope = MessageEnvelope(
+            token=token, server_id=server.id, credential_id=credential.id,
+            mail_from=mail_from, rcpt_to=tuple(recipients), sender_domain=domain,
+            protocol=protocol, status="held" if hold_reason else "queued",
+            hold_reason=hold_reason)
+        ids = yield store.enqueue(envelope, message.spool)
+        return ids
+
+
+@defer.inlineCallbacks
+def hold_reason_for(store, clock, credential, server):
+    """Why a new message must be held rather than relayed, or C{None}.
+
+    @return: Deferred firing with a short text or C{None}.
+    """
+    if credential.hold:
+        return "credential on hold"
+    if server.mode == "development":
+        return "server in development mode"
+    if server.send_limit is not None:
+        count = yield store.messages_since(server.id, clock.seconds() - SEND_LIMIT_WINDOW)
+        if count >= server.send_limit:
+            return "send limit reached"
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _by_host(hostname: str):
+    # One pattern per host name, not one per message.
+    return re.compile(r"(?:^|[\s;(])by\s+" + re.escape(hostname) + r"(?![\w.-])",
+                      re.IGNORECASE)
+
+
+def own_received_count(fields, hostname: str) -> int:
+    """How many Received fields name C{by <hostname>}."""
+    pattern = _by_host(hostname)
+    return sum(1 for name, value in fields if name == "received" and pattern.search(value))
+
+
+def received_header(hostname: str, protocol: str, token: str, when: float, *,
+                    client_ip: str | None = None, helo: str | None = None,
+                    privacy: bool = False) -> bytes:
+    """The trace header prepended to every accepted message (the wire
+    contract's §6; RFC 3848 protocol words, or C{HTTP}).
+
+    Without C{client_ip} (or with C{privacy}) only the C{by} part is written.
+    """
+    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    by = f"by {hostname} with {protocol} id {token}; {date}"
+    if privacy or client_ip is None:
+        return f"Received: {by}\r\n".encode("utf-8")
+    return f"Received: from {helo or client_ip} ({client_ip} [{client_ip}]) {by}\r\n".encode(
+        "utf-8", "replace")
