@@ -68,6 +68,18 @@ class Mailbox:
     local: str
     domain: str
 
+    @property
+    def is_address_literal(self) -> bool:
+        """Is the domain an address literal (C{[192.0.2.1]}, C{[IPv6:...]})?"""
+        return self.domain.startswith("[")
+
+    @property
+    def recipient_key(self) -> tuple[str, str]:
+        """What makes two recipients of one transaction the same: the local
+        part as given (RFC 5321 §2.4 leaves its case to the receiver), the
+        domain without case (and in its A-label form where it has one)."""
+        return self.local, normalise_domain(self.domain) or self.domain.lower()
+
     def __str__(self) -> str:
         local = self.local
         if not _DOT_ATOM.fullmatch(local):

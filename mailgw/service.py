@@ -43,6 +43,7 @@ def protocol_settings(config: Config, listener) -> ProtocolSettings:
         tls_handshake_timeout=listener.tls_handshake_timeout,
         max_connections=listener.max_connections,
         max_connections_per_ip=listener.max_connections_per_ip,
+        allow_address_literals=config.limits.allow_address_literals,
     )
 
 

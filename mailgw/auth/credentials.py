@@ -40,8 +40,12 @@ class IClientAddress(ICredentials):
 
 
 def _text(raw: bytes) -> str:
-    # A key or user name that is not UTF-8 can match nothing, but must not crash.
-    return raw.decode("utf-8", "surrogateescape")
+    # A key or user name that is not UTF-8 can match nothing: it is a
+    # malformed response (501/535, counted as a failure), not an internal error.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedResponse("not UTF-8") from None
 
 
 @implementer(IChallengeResponse, IKeyCredentials)

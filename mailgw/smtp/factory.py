@@ -13,6 +13,8 @@ from mailgw.smtp.protocol import SubmissionProtocol
 
 @dataclass(frozen=True)
 class ProtocolSettings:
+    """What one listener's sessions need of the configuration."""
+
     hostname: str
     max_message_size: int = 14 * 1024 * 1024
     max_recipients: int = 100
@@ -22,6 +24,7 @@ class ProtocolSettings:
     tls_handshake_timeout: float = 30.0
     max_connections: int = 1000
     max_connections_per_ip: int = 50
+    allow_address_literals: bool = False
 
 
 class SubmissionFactory(Factory):

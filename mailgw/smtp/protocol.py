@@ -284,6 +284,7 @@ class SubmissionProtocol(Protocol):
         self._body = None
         self.mail_from = None
         self.recipients = []
+        self._recipient_keys = set()
 
     def _set_avatar(self, avatar, logout):
         if self._logout is not None:
@@ -507,6 +508,9 @@ class SubmissionProtocol(Protocol):
             return self._reply(replies.RCPT_INVALID)
         if params:
             return self._reply(replies.UNSUPPORTED_PARAMETER)
+        if recipient.is_address_literal and not self.settings.allow_address_literals:
+            self._log("recipient refused: address literal {rcpt}", rcpt=str(recipient))
+            return self._reply(replies.ADDRESS_LITERAL)
         d = self._authorise()
         d.addCallback(self._check_recipient, recipient)
         return d
@@ -539,8 +543,12 @@ class SubmissionProtocol(Protocol):
         d = avatar.check_recipient(recipient)
 
         def accept(_):
+            key = recipient.recipient_key
+            if key in self._recipient_keys:
+                return self._reply(replies.OK)  # the same recipient twice is one recipient
             if len(self.recipients) >= self.settings.max_recipients:
                 return self._reply(replies.TOO_MANY_RECIPIENTS)
+            self._recipient_keys.add(key)
             self.recipients.append(str(recipient))
             self._reply(replies.OK)
         return d.addCallback(accept)

@@ -46,6 +46,7 @@ MAIL_FIRST = R(503, "EHLO/HELO first please")
 RCPT_FIRST = R(503, "EHLO/HELO and MAIL FROM first please")
 DATA_FIRST = R(503, "HELO/EHLO, MAIL FROM and RCPT TO before sending data")
 TOO_MANY_RECIPIENTS = R(452, "Too many recipients")
+ADDRESS_LITERAL = R(553, "Address literals are not accepted")
 
 AUTH_SYNTAX = R(501, "Syntax: AUTH mechanism")
 AUTH_UNKNOWN_MECHANISM = R(504, "Unrecognized authentication type")

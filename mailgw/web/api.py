@@ -90,6 +90,7 @@ class SendAPI(Resource):
         self._hostname = config.hostname
         self._max_size = config.limits.max_message_size
         self._max_recipients = config.limits.max_recipients
+        self._literals = config.limits.allow_address_literals
         self._threads = IReactorThreads.providedBy(clock)
 
     def render(self, request):
@@ -237,10 +238,12 @@ class SendAPI(Resource):
         if kind == "message":
             submission = compose_message(params, hostname=self._hostname,
                                          now=self._clock.seconds(),
-                                         max_recipients=self._max_recipients)
+                                         max_recipients=self._max_recipients,
+                                         allow_address_literals=self._literals)
         else:
             submission = raw_submission(params, max_size=self._max_size,
-                                        max_recipients=self._max_recipients)
+                                        max_recipients=self._max_recipients,
+                                        allow_address_literals=self._literals)
         message.write(submission.message)
         return submission
 

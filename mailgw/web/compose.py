@@ -155,8 +155,15 @@ def _address_field(params: dict, name: str) -> tuple[list[str], list[Mailbox]]:
     return entries, [m for entry in entries for m in _mailboxes(entry, name)]
 
 
-def _unique(addresses) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(addresses))
+def _unique(mailboxes, allow_address_literals: bool) -> tuple[str, ...]:
+    """The recipients, each once (L{Mailbox.recipient_key}), as SMTP merges them."""
+    seen = {}
+    for mailbox in mailboxes:
+        if mailbox.is_address_literal and not allow_address_literals:
+            raise ParameterError(f"{mailbox} has an address literal as its domain; "
+                                 "address literals are not accepted")
+        seen.setdefault(mailbox.recipient_key, str(mailbox))
+    return tuple(seen.values())
 
 
 # -- send/message ---------------------------------------------------------------------
@@ -239,16 +246,17 @@ class _MessageFields:
 
 
 def compose_message(params: dict, *, hostname: str, now: float,
-                    max_recipients: int) -> Submission:
+                    max_recipients: int, allow_address_literals: bool = False) -> Submission:
     """Validate the C{send/message} fields (in Postal's order) and build the
     message. The From/Sender authorisation is the commit's job."""
-    fields = _message_fields(params, max_recipients)
+    fields = _message_fields(params, max_recipients, allow_address_literals)
     message_id = f"{uuid.uuid4()}@{hostname}"
     return Submission(fields.envelope, fields.recipients,
                       _build(fields, message_id, now), message_id)
 
 
-def _message_fields(params: dict, max_recipients: int) -> _MessageFields:
+def _message_fields(params: dict, max_recipients: int,
+                    allow_address_literals: bool) -> _MessageFields:
     to, to_boxes = _address_field(params, "to")
     cc, cc_boxes = _address_field(params, "cc")
     _, bcc_boxes = _address_field(params, "bcc")
@@ -264,7 +272,7 @@ def _message_fields(params: dict, max_recipients: int) -> _MessageFields:
                         (bcc_boxes, "TooManyBCCAddresses")):
         if len(boxes) > MAX_PER_FIELD:
             raise APIError(code)
-    recipients = _unique(str(m) for m in to_boxes + cc_boxes + bcc_boxes)
+    recipients = _unique(to_boxes + cc_boxes + bcc_boxes, allow_address_literals)
     _check_recipient_count(recipients, max_recipients)
     if _blank(plain) and _blank(html):
         raise APIError("NoContent")
@@ -328,7 +336,8 @@ def _check_recipient_count(recipients, max_recipients: int) -> None:
 
 # -- send/raw --------------------------------------------------------------------------
 
-def raw_submission(params: dict, *, max_size: int, max_recipients: int) -> Submission:
+def raw_submission(params: dict, *, max_size: int, max_recipients: int,
+                   allow_address_literals: bool = False) -> Submission:
     """Validate C{send/raw}: C{mail_from}, C{rcpt_to} and base64 C{data}."""
     rcpt_to, mail_from = params.get("rcpt_to"), params.get("mail_from")
     data = params.get("data")
@@ -339,9 +348,10 @@ def raw_submission(params: dict, *, max_size: int, max_recipients: int) -> Submi
     if not isinstance(data, str) or not data.strip():
         raise ParameterError("`data` is required: the message, base64-encoded")
     bounce = _flag(params, "bounce")
-    recipients = _unique(_envelope_address(r, "rcpt_to", allow_empty=False)
-                         for r in rcpt_to if r.strip())
+    recipients = _unique([_envelope_address(r, "rcpt_to", allow_empty=False)
+                          for r in rcpt_to if r.strip()], allow_address_literals)
     sender = _envelope_address(mail_from, "mail_from", allow_empty=True)
+    sender = str(sender) if sender is not None else ""
     if not recipients:
         raise APIError("NoRecipients")
     _check_recipient_count(recipients, max_recipients)
@@ -356,16 +366,14 @@ def raw_submission(params: dict, *, max_size: int, max_recipients: int) -> Submi
     return Submission("" if bounce else sender, recipients, message, None)
 
 
-def _envelope_address(text: str, name: str, *, allow_empty: bool) -> str:
+def _envelope_address(text: str, name: str, *, allow_empty: bool) -> Mailbox | None:
     try:
         mailbox = parse_path(text, allow_empty=allow_empty)
     except AddressError as e:
         raise ParameterError(f"`{name}` has an invalid address {text!r}: {e}") from None
-    if mailbox is None:
-        return ""
-    if not mailbox.domain:
+    if mailbox is not None and not mailbox.domain:
         raise ParameterError(f"`{name}` has an address without a domain: {text!r}")
-    return str(mailbox)
+    return mailbox
 
 
 def too_large(max_size: int) -> APIError:
