@@ -7,6 +7,11 @@ null MX (RFC 7505: a single "0 ." record) means the domain accepts no mail,
 a permanent failure, as is a domain that does not exist. Each host's A
 addresses are tried before its AAAA addresses. An address literal
 (C{user@[192.0.2.1]}) is its own target.
+
+Local addresses (L{mailgw.relay.destinations}) are left out unless
+C{relay.allow_local_destinations} is on: an MX host with one local and one
+other address is reached at the other; a domain whose every target is local
+fails permanently, since the DNS says so and retrying cannot change that.
 """
 from __future__ import annotations
 
@@ -16,10 +21,14 @@ import socket
 from dataclasses import dataclass
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.names import cache, client, dns, hosts, resolve
 from twisted.names import error as dns_error
 
-from mailgw.relay.errors import permanent, temporary
+from mailgw.relay.destinations import is_local, node_addresses, parse
+from mailgw.relay.errors import DeliveryError, permanent, temporary
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -63,25 +72,60 @@ def _literal(domain: str) -> str | None:
 
 
 class MXResolver:
-    """Domain → ordered L{Target}s, over one twisted.names resolver."""
+    """Domain → ordered L{Target}s, over one twisted.names resolver.
 
-    def __init__(self, resolver, port: int = 25, rand: random.Random | None = None):
+    @param allow_local: keep targets at local addresses (see the module
+        docstring); off by default.
+    @param own_addresses: this node's addresses, local too (default, when
+        C{allow_local} is off: L{node_addresses}, looked up once, here).
+    """
+
+    def __init__(self, resolver, port: int = 25, rand: random.Random | None = None,
+                 allow_local: bool = False, own_addresses=None):
         self.resolver = resolver
         self.port = port
         self.rand = rand or random.Random()
+        self.allow_local = allow_local
+        if own_addresses is None:
+            own_addresses = () if allow_local else node_addresses()
+        self.own_addresses = frozenset(filter(None, map(parse, own_addresses)))
 
     @defer.inlineCallbacks
     def targets(self, domain: str):
         """@return: Deferred firing with a non-empty list of L{Target}, or
             failing with a L{DeliveryError} (permanent for a domain that does
-            not exist or has a null MX)."""
+            not exist, has a null MX, or whose targets are all local)."""
         literal = _literal(domain)
         if literal is not None:
-            return [Target(literal, literal, self.port)]
+            return self._literal_targets(domain, literal)
         hosts = yield self._mx_hosts(domain)
         implicit = hosts is None
-        targets, problems = [], []
-        for host in hosts or [domain]:
+        found, problems = yield self._resolve(hosts or [domain])
+        targets = self._allowed(domain, found)
+        if targets:
+            return targets
+        if problems:  # a host not yet resolved may still have a good address
+            raise temporary("DNS look-up failed: " + "; ".join(problems))
+        if found:
+            raise _refused(found)
+        if implicit:
+            raise permanent(f"{domain} has no MX record and no address")
+        raise temporary(f"no address found for the MX hosts of {domain}: "
+                        + ", ".join(hosts))
+
+    def _literal_targets(self, domain: str, address: str) -> list[Target]:
+        """The one target of an address literal, unless it is local."""
+        found = [Target(address, address, self.port)]
+        if not self._allowed(domain, found):
+            raise _refused(found)
+        return found
+
+    @defer.inlineCallbacks
+    def _resolve(self, hosts: list[str]):
+        """@return: Deferred firing with C{(targets, problems)}: the targets
+            of C{hosts} in order, and the look-ups that failed (as text)."""
+        found, problems = [], []
+        for host in hosts:
             try:
                 addresses = yield self._addresses(host)
             except dns_error.DomainError:
@@ -89,15 +133,22 @@ class MXResolver:
             except Exception as e:
                 problems.append(f"{host}: {_dns_text(e)}")
                 continue
-            targets += [Target(host, address, self.port) for address in addresses]
-        if targets:
+            found += [Target(host, address, self.port) for address in addresses]
+        return found, problems
+
+    def _allowed(self, domain: str, targets: list[Target]) -> list[Target]:
+        """C{targets} without the local ones (each one left out is logged)."""
+        if self.allow_local:
             return targets
-        if problems:
-            raise temporary("DNS look-up failed: " + "; ".join(problems))
-        if implicit:
-            raise permanent(f"{domain} has no MX record and no address")
-        raise temporary(f"no address found for the MX hosts of {domain}: "
-                        + ", ".join(hosts))
+        allowed = []
+        for target in targets:
+            if not is_local(target.address, self.own_addresses):
+                allowed.append(target)
+                continue
+            log.warn("relay: not connecting to {target} for {domain}: a local address "
+                     "(relay.allow_local_destinations is off)", target=target.label,
+                     domain=domain)
+        return allowed
 
     @defer.inlineCallbacks
     def _mx_hosts(self, domain: str):
@@ -142,6 +193,16 @@ class MXResolver:
                 if rr.type == rtype:
                     found.append(socket.inet_ntop(family, rr.payload.address))
         return list(dict.fromkeys(found))
+
+
+def _refused(targets: list[Target]) -> DeliveryError:
+    """The permanent failure of a domain whose every target is local: no
+    host was tried, so none is named as the remote one."""
+    places = list(dict.fromkeys(
+        t.address if t.host == t.address else f"{t.address} of {t.host}" for t in targets))
+    what = "a local address " if len(places) == 1 else "local addresses "
+    return permanent(f"refused to connect to {what}{', '.join(places)} "
+                     "(relay.allow_local_destinations is off)")
 
 
 def _dns_text(e: Exception) -> str:

@@ -63,7 +63,8 @@ class RelayService(service.Service):
         mx = None
         if not config.smarthost:
             mx = MXResolver(resolver or make_resolver(config.resolver, reactor),
-                            config.mx_port, rand)
+                            config.mx_port, rand,
+                            allow_local=config.allow_local_destinations)
         self.router = Router(config, reactor, hostname, mx, smarthost_tls)
         self.settler = Settler(store, config, self.node_id, self.clock, hostname,
                                rand or random.Random(), metrics)

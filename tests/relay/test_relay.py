@@ -1,5 +1,6 @@
 """The queue runner on a real store, delivering to the sink over loopback:
-as a smarthost and as an MX host found through a twisted.names server.
+as a smarthost and as an MX host found through a twisted.names server; and
+refusing MX hosts and address literals at local addresses unless allowed.
 
 It runs on SQLite, and again on PostgreSQL when the test run has one
 (C{MAILGW_TEST_POSTGRES_ADMIN}; skipped otherwise, failed under CI=true).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import random
+from dataclasses import replace
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -22,7 +24,7 @@ from mailgw.relay.service import RelayService
 from mailgw.store.base import CHUNK_SIZE
 from tests.relay.fixtures import BODY, PostgresFixture, StoreFixture
 from tests.relay.sink import Sink, text_body
-from tests.relay.zone import Zone, a, mx, serve
+from tests.relay.zone import Zone, a, aaaa, mx, serve
 
 
 def parse(body: bytes):
@@ -58,7 +60,10 @@ class RelayContract(StoreFixture):
             return d
 
     def mx_relay(self, records, **overrides):
+        """A relay to MX hosts found in C{records}; the sink is on loopback,
+        so local destinations are allowed unless a test says otherwise."""
         server = serve(self, Zone(records))
+        overrides.setdefault("allow_local_destinations", True)
         return self.relay(smarthost="", resolver=server, mx_port=self.port, **overrides)
 
     @defer.inlineCallbacks
@@ -270,6 +275,74 @@ class RelayContract(StoreFixture):
         self.assertEqual(self.sink.connections, [])
         self.assertEqual(len([e for e in (yield self.store.list_entries())
                               if e.mail_from == ""]), 1)
+
+    # -- local destinations -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def assertRefusedLocal(self, entry_id, address):
+        """The entry failed for good, naming C{address}, with a bounce, and
+        nothing connected to the sink (which listens there)."""
+        entry = yield self.entry(entry_id)
+        self.assertEqual(entry.status, "failed")
+        self.assertEqual(entry.last_error, f"refused to connect to a local address {address} "
+                                           "(relay.allow_local_destinations is off)")
+        [attempt] = yield self.store.get_attempts(entry_id)
+        self.assertEqual((attempt.code, attempt.remote_host), (None, None))
+        self.assertEqual(self.sink.connections, [])
+        self.assertEqual(len([e for e in (yield self.store.list_entries())
+                              if e.mail_from == ""]), 1)
+
+    @defer.inlineCallbacks
+    def test_address_literal_on_loopback_is_refused(self):
+        ids = yield self.enqueue(rcpts=("x@[127.0.0.1]",))
+        yield self.mx_relay({}, allow_local_destinations=False).run_once()
+        yield self.assertRefusedLocal(ids["x@[127.0.0.1]"], "127.0.0.1")
+
+    @defer.inlineCallbacks
+    def test_mx_on_loopback_is_refused_unless_allowed(self):
+        records = {"dest.test": [mx(10, "mx.dest.test")], "mx.dest.test": [a("127.0.0.1")]}
+        ids = yield self.enqueue(rcpts=("a@dest.test",))
+        yield self.mx_relay(records, allow_local_destinations=False).run_once()
+        yield self.assertRefusedLocal(ids["a@dest.test"], "127.0.0.1 of mx.dest.test")
+        ids = yield self.enqueue(rcpts=("b@dest.test",))
+        yield self.mx_relay(records, allow_local_destinations=True).run_once()
+        self.assertEqual((yield self.entry(ids["b@dest.test"])).status, "sent")
+        self.assertEqual([m.rcpts for m in self.sink.accepted], [["b@dest.test"]])
+
+    @defer.inlineCallbacks
+    def test_ipv4_mapped_loopback_is_refused(self):
+        ids = yield self.enqueue(rcpts=("a@dest.test",))
+        yield self.mx_relay({"dest.test": [mx(10, "mx.dest.test")],
+                             "mx.dest.test": [aaaa("::ffff:127.0.0.1")]},
+                            allow_local_destinations=False).run_once()
+        yield self.assertRefusedLocal(ids["a@dest.test"], "::ffff:127.0.0.1 of mx.dest.test")
+
+    @defer.inlineCallbacks
+    def test_mx_host_reached_at_its_address_that_is_not_local(self):
+        """Of an MX host's addresses, the local one is skipped and the other
+        used (reached here through the sink: nothing listens at the address
+        from the documentation range that the DNS gives)."""
+        ids = yield self.enqueue(rcpts=("a@dest.test",))
+        relay = self.mx_relay({"dest.test": [mx(10, "mx.dest.test")],
+                               "mx.dest.test": [a("127.0.0.1"), a("198.51.100.25")]},
+                              allow_local_destinations=False)
+        asked, endpoint = [], relay.router.endpoint
+
+        def to_the_sink(target):
+            asked.append(target.label)
+            return endpoint(replace(target, address="127.0.0.1"))
+        relay.router.endpoint = to_the_sink
+        yield relay.run_once()
+        self.assertEqual(asked, ["mx.dest.test [198.51.100.25]"])
+        self.assertEqual((yield self.entry(ids["a@dest.test"])).status, "sent")
+        [attempt] = yield self.store.get_attempts(ids["a@dest.test"])
+        self.assertEqual(attempt.remote_host, "mx.dest.test [198.51.100.25]")
+
+    @defer.inlineCallbacks
+    def test_the_smarthost_may_be_local(self):
+        ids = yield self.enqueue()
+        yield self.relay(allow_local_destinations=False).run_once()
+        self.assertEqual((yield self.entry(ids["to@dest.test"])).status, "sent")
 
     # -- nodes, restarts, leases --------------------------------------------------------------
 
