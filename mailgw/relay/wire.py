@@ -4,8 +4,9 @@ connection protocol that hands out one reply at a time with a deadline.
 Twisted's C{SMTPClient} is not used: its C{transformChunk} turns CRLF into
 CR CR LF and misses the dot-stuffing of a line that starts exactly at a
 16 KiB chunk boundary, which ends DATA early (notes/TWISTED.md §6).
-L{DotStuffer} keeps its state across chunks, so a body goes out byte-exact
-whatever the chunk sizes are.
+L{DotStuffer} keeps its state across chunks, so a CRLF body goes out
+byte-exact whatever the chunk sizes are, and anything else goes out as
+CRLF lines too.
 """
 from __future__ import annotations
 
@@ -87,33 +88,56 @@ class ReplyParser:
 
 
 class DotStuffer:
-    """The DATA encoder: a dot that starts a line gets another dot, across
-    chunk boundaries too; the end adds CRLF "." CRLF (and a CRLF first when
-    the body does not end with one). Nothing else changes: CRLF stays CRLF.
+    """The DATA encoder: what it writes is only CRLF-terminated lines,
+    dot-stuffed (RFC 5321 §4.5.2), then CRLF "." CRLF; whatever the chunks
+    are, it keeps its state across their boundaries.
 
-    A line start is any byte after LF, bare LF included, so that a stored
-    body with a bare "LF . LF" can never end a transaction early at a
-    receiver that takes LF for a line end (SMTP smuggling).
+    Stored bodies already have CRLF line ends, and they go out unchanged
+    but for the stuffing. The encoder does not rely on that: a bare CR or a
+    bare LF becomes CRLF (RFC 5321 §2.3.8 allows no other line end), and a
+    line it starts is stuffed like any other. Otherwise a body holding
+    "LF . LF" or "CR . CR" could end the transaction early at a receiver
+    that takes a bare line end for one, and what follows would be read as
+    commands (SMTP smuggling). A body that does not end in CRLF gets one
+    before the final dot. NUL bytes are left as they are.
     """
 
     def __init__(self):
-        self._line_start = True
-        self._tail = b""
+        self._line_start = True  # the next byte written starts a line
+        self._cr = False  # a CR ended the last chunk: its LF may start the next
 
     def feed(self, chunk: bytes) -> bytes:
+        """@return: the bytes to write for C{chunk} (a CR at its end is kept
+            back until the next chunk or L{end} shows what follows it)."""
+        if self._cr:
+            chunk, self._cr = b"\r" + chunk, False
+        if chunk[-1:] == b"\r":
+            chunk, self._cr = chunk[:-1], True
         if not chunk:
             return b""
+        chunk = _crlf_lines(chunk)
         out = chunk.replace(b"\n.", b"\n..")
         if self._line_start and chunk[:1] == b".":
             out = b"." + out
         self._line_start = chunk[-1:] == b"\n"
-        self._tail = (self._tail + chunk)[-2:]
         return out
 
     def end(self) -> bytes:
-        if self._tail in (b"", b"\r\n"):
+        """@return: the bytes that end DATA: the CRLF of a last line left
+            open (or of a CR kept back), then "." CRLF."""
+        if self._line_start and not self._cr:
             return b".\r\n"
         return b"\r\n.\r\n"
+
+
+def _crlf_lines(data: bytes) -> bytes:
+    """C{data} with every bare CR and bare LF made CRLF; C{data} itself when
+    it has none (the usual case: three scans in C, no copy). A CR at the end
+    of C{data} counts as bare."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") == pairs and data.count(b"\n") == pairs:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 @implementer(interfaces.IPushProducer)

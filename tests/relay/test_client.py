@@ -1,8 +1,9 @@
 """The relay's SMTP client against the sink server on real loopback sockets:
 byte-exact bodies (dot-stuffing at every chunk boundary, CRLF kept, a 20 MB
-body), STARTTLS (verified and opportunistic), implicit TLS, AUTH PLAIN and
-LOGIN, HELO fallback, RSET between messages, refusals and timeouts; and the
-wire pieces (reply parser, dot-stuffer) on their own."""
+body, bare line ends sent as CRLF), STARTTLS (verified and opportunistic),
+implicit TLS, AUTH PLAIN and LOGIN, HELO fallback, RSET between messages,
+refusals and timeouts; and the wire pieces (reply parser, dot-stuffer) on
+their own."""
 from __future__ import annotations
 
 import random
@@ -53,7 +54,7 @@ class WireTests(unittest.SynchronousTestCase):
         whole = DotStuffer()
         expected = whole.feed(body) + whole.end()
         self.assertEqual(expected, b"..first\r\n...two\r\n..\r\nmid.dle\r\n\r\n..\r\n"
-                                   b"bare\n..lf\r\ncr\r.x\r\nend.\r\n.\r\n")
+                                   b"bare\r\n..lf\r\ncr\r\n..x\r\nend.\r\n.\r\n")
         rand = random.Random(7)
         for _ in range(200):
             cuts = sorted(rand.sample(range(1, len(body)), rand.randint(1, 12)))
@@ -65,10 +66,23 @@ class WireTests(unittest.SynchronousTestCase):
 
     def test_dot_stuffer_end(self):
         for body, end in ((b"", b".\r\n"), (b"a\r\n", b".\r\n"), (b"a", b"\r\n.\r\n"),
-                          (b"a\n", b"\r\n.\r\n")):
+                          (b"a\n", b".\r\n"), (b"a\r", b"\r\n.\r\n")):
             stuffer = DotStuffer()
             stuffer.feed(body)
             self.assertEqual(stuffer.end(), end, body)
+
+    def test_dot_stuffer_crlf_split_across_chunks(self):
+        """A CR that ends a chunk and the LF that starts the next are one
+        line end, not a bare CR and a bare LF."""
+        stuffer = DotStuffer()
+        out = b"".join(stuffer.feed(c) for c in (b"a\r", b"\n.b\r", b"", b"\r", b".c"))
+        self.assertEqual(out + stuffer.end(), b"a\r\n..b\r\n\r\n..c\r\n.\r\n")
+
+    def test_dot_stuffer_crlf_body_is_the_same_object(self):
+        """The usual chunk (CRLF lines, no line starting with a dot) is
+        handed back as it is: no copy, no per-line work."""
+        chunk = b"Subject: x\r\n\r\n" + b"a line of text\r\n" * 1000
+        self.assertIs(DotStuffer().feed(chunk), chunk)
 
 
 class ConnectionTests(unittest.SynchronousTestCase):
@@ -163,6 +177,24 @@ class ByteExactTests(ClientTestBase):
         self.assertNotIn(b"\r\r\n", wire)
         # the missing final CRLF is added, so the message ends where it should
         self.assertEqual(sink.messages[0].data, body + b"\r\n")
+
+    @defer.inlineCallbacks
+    def test_bare_line_ends_go_out_as_crlf_lines(self):
+        """A body that should never have been stored, with a bare "LF . LF"
+        and a command after it: one message arrives, CRLF throughout, and
+        the sink hears no command that was part of the body."""
+        sink = self.sink()
+        body = b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<x@y>\rRCPT TO:<z@y>\n.\r"
+        session = yield self.session()
+        for chunk_size in (1, 3, KIB16):
+            replies = yield self.send(session, body, chunk_size)
+            self.assertEqual(replies["to@dest.test"].code, 250)
+        expected = (b"Subject: x\r\n\r\nhi\r\n.\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@y>\r\n"
+                    b".\r\n")
+        self.assertEqual([m.data for m in sink.messages], [expected] * 3)
+        self.assertEqual([c.split(b" ")[0] for c in sink.connections[0].commands],
+                         [b"EHLO", b"MAIL", b"RCPT", b"DATA"] + [b"RSET", b"MAIL", b"RCPT",
+                                                                  b"DATA"] * 2)
 
     @defer.inlineCallbacks
     def test_empty_body(self):
