@@ -594,6 +594,78 @@ class SendRawTests(APITestBase):
             "data": b64(loop + RAW_MESSAGE)})
 
 
+class RawDefenceTests(APITestBase):
+    """What an attacker with a valid API key tried through C{/send/raw}: the
+    same core as SMTP refuses or normalises it the same way."""
+
+    max_size_mb = 8
+    OWN = b"From: a@good.example\r\n"
+
+    def raw(self, message: bytes, **extra):
+        params = {"mail_from": "a@good.example", "rcpt_to": ["you@dest.example"],
+                  "data": b64(message)}
+        params.update(extra)
+        return params
+
+    @defer.inlineCallbacks
+    def assert_refused(self, code, message, text):
+        answer = yield self.assert_error(code, RAW, self.raw(message))
+        self.assertEqual(answer["data"]["message"], text)
+
+    @defer.inlineCallbacks
+    def test_header_section_over_the_limit_is_refused_not_cut(self):
+        folded = b"From: a@good.example" + b"\r\n " * 400_000 + b", ceo@foreign.test\r\n\r\nx"
+        pad = b"".join(b"X-Pad: %06d\r\n" % i for i in range(1400 * 1024 // 15))
+        for message in (folded, self.OWN + pad + b"From: ceo@foreign.test\r\n\r\nx"):
+            yield self.assert_refused("HeaderSectionTooLarge", message,
+                                      "Header section too large (maximum size 1024KB)")
+
+    @defer.inlineCallbacks
+    def test_bare_cr_nul_and_junk_in_the_header_section(self):
+        cases = [
+            (b"X-A: b\rFrom: ceo@foreign.test\r\r\n" + self.OWN + b"\r\nx", "bare CR"),
+            (b"Fr\x00om: ceo@foreign.test\r\n" + self.OWN + b"\r\nx", "NUL byte"),
+            (b"Fr\xc3\xb6m: x\r\n" + self.OWN + b"\r\nx", "invalid header field name"),
+            (self.OWN + b"junk\r\n\r\nx", "line that is not a header field"),
+        ]
+        for message, what in cases:
+            yield self.assert_refused("MalformedMessage", message,
+                                      f"Header section not valid: {what}")
+
+    @defer.inlineCallbacks
+    def test_nul_in_the_body(self):
+        yield self.assert_refused("MalformedMessage", self.OWN + b"\r\na\x00b",
+                                  "Message body contains a NUL byte")
+
+    @defer.inlineCallbacks
+    def test_bare_cr_in_the_body_is_stored_as_crlf(self):
+        answer = yield self.call(RAW, self.raw(self.OWN + b"\r\na\r.\rMAIL FROM:<x@y>\rb"))
+        self.assertEqual(answer["status"], "success", answer)
+        _, bodies = yield self.stored()
+        [body] = bodies.values()
+        self.assertTrue(body.endswith(b"\r\n\r\na\r\n.\r\nMAIL FROM:<x@y>\r\nb\r\n"), body)
+        self.assertEqual(body.count(b"\r"), body.count(b"\r\n"))
+        self.assertEqual(body.count(b"\n"), body.count(b"\r\n"))
+
+    @defer.inlineCallbacks
+    def test_address_literals_and_repeated_recipients(self):
+        answer = yield self.assert_parameter_error(
+            RAW, self.raw(self.OWN + b"\r\nx", rcpt_to=["postmaster@[127.0.0.1]"]))
+        self.assertIn("address literal", answer)
+        answer = yield self.assert_parameter_error(
+            MESSAGE, simple(to=["postmaster@[127.0.0.1]"]))
+        self.assertIn("address literal", answer)
+        answer = yield self.call(RAW, self.raw(self.OWN + b"\r\nx", rcpt_to=[
+            "a@dest.example", "<a@dest.example>", "a@DEST.example"]))
+        self.assertEqual(answer["status"], "success", answer)
+        self.assertEqual(list(answer["data"]["messages"]), ["a@dest.example"])
+        answer = yield self.call(MESSAGE, simple(to=["a@dest.example"], cc=["a@Dest.Example"],
+                                              bcc=["a@dest.example"]))
+        self.assertEqual(list(answer["data"]["messages"]), ["a@dest.example"])
+        entries, _ = yield self.stored()
+        self.assertEqual([e.rcpt_to for e in entries], ["a@dest.example"] * 2)
+
+
 def read_response(sock) -> tuple[bytes, dict, bytes]:
     """One HTTP response from a raw socket: status line, headers, body."""
     data = b""
