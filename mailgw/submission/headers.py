@@ -4,8 +4,9 @@ Whatever a later parser might read differently from us is refused rather than
 guessed at: a bare CR (Python's C{email} package and several MTAs end lines
 on it, RFC 5321 §2.3.8 lets a server refuse it), a NUL byte, a field name
 that is not printable ASCII, a line that is neither a field nor a
-continuation, and a continuation of white space only (some parsers take it
-for the empty line that ends the section). Bare LF line ends are the one
+continuation (a name with white space before its colon is one: RFC 5322 calls
+it obsolete and common parsers disagree on it), and a continuation of white
+space only (some parsers take it for the empty line that ends the section). Bare LF line ends are the one
 fault normalised: they become CRLF, as in the body.
 
 See C{docs/submission.md} for the whole list of refusals.
@@ -16,8 +17,9 @@ import re
 
 from mailgw.submission.refusals import MalformedHeaderSection
 
-# field-name is printable ASCII except ':'; obs-optional allows WSP before the colon.
-_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)", re.DOTALL)
+# field-name is printable ASCII except ':'. RFC 5322's obs-optional WSP before
+# the colon is refused: Python's email and others do not read such a line as a field.
+_FIELD = re.compile(rb"([!-9;-~]+):(.*)", re.DOTALL)
 _ANY_NAME = re.compile(rb"([^ \t:]+)[ \t]*:")
 #: the end of the header section in bytes not yet canonicalised
 HEAD_END = re.compile(rb"\n\r?\n")
