@@ -304,3 +304,12 @@ class ISubmissionDelivery(Interface):
 
     def logout():
         """The session ended or re-authenticated."""
+
+
+class IAPIClient(Interface):
+    """The avatar of an HTTP API request authenticated by an C{api} key."""
+
+    identity = Attribute("the mailgw.auth.checkers.Identity it acts for")
+
+    def logout():
+        """The request is answered."""

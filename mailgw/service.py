@@ -14,6 +14,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import Config
@@ -77,12 +78,14 @@ class GatewayService(service.MultiService):
         def make_delivery(identity, session):
             return SubmissionDelivery(identity, session, self.core, self.directory)
 
-        self.portal = build_portal(self.directory, reactor, make_delivery)
-        self.throttle = FailureThrottle.from_config(reactor, config.auth_throttle)
+        #: the failure throttle of every listener and the HTTP API
+        self.guard = AuthenticationGuard(
+            FailureThrottle.from_config(reactor, config.auth_throttle))
+        self.portal = build_portal(self.directory, reactor, make_delivery, self.guard)
         self.api = None
         if config.http_api is not None:
             self.api = api_listener_service(
-                build_api_site(self.directory, self.core, config, reactor, self.throttle,
+                build_api_site(self.portal, self.core, config, reactor,
                                self.metrics),
                 config, self.tls, reactor)
         self.factories = []
@@ -102,7 +105,7 @@ class GatewayService(service.MultiService):
         settings = protocol_settings(self.config, listener)
         starttls = self.tls if listener.tls == "starttls" else None
         factory = SubmissionFactory(settings, self.portal, self.reactor, starttls,
-                                    self.throttle, self.metrics)
+                                    self.guard, self.metrics)
         self.factories.append(factory)
         wrapped = factory
         if listener.tls == "implicit":

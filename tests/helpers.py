@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
 from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
@@ -135,9 +136,11 @@ class Harness:
         def make_delivery(identity, session):
             return SubmissionDelivery(identity, session, self.core, self.store)
 
-        self.portal = build_portal(self.store, self.clock, make_delivery)
+        #: set C{guard.throttle} to count failures
+        self.guard = AuthenticationGuard()
+        self.portal = build_portal(self.store, self.clock, make_delivery, self.guard)
         self.factory = SubmissionFactory(self.settings, self.portal, self.clock,
-                                         tls_options)
+                                         tls_options, self.guard)
         self.testcase = testcase
         self.client_ip = client_ip
 

@@ -16,7 +16,7 @@ from twisted.cred.error import UnauthorizedLogin
 from zope.interface import implementer
 
 from mailgw.auth.credentials import (
-    IClientAddress, ICramMD5Credentials, IKeyCredentials,
+    IAPIKey, IClientAddress, ICramMD5Credentials, IKeyCredentials,
 )
 from mailgw.model import Credential, Server
 
@@ -26,7 +26,7 @@ class Identity:
     """Who a session acts for: the avatar id the realm receives."""
     credential: Credential
     server: Server
-    #: "PLAIN", "LOGIN", "CRAM-MD5" or "IP"
+    #: "PLAIN", "LOGIN", "CRAM-MD5", "IP" or "API"
     mechanism: str
 
     @property
@@ -53,6 +53,15 @@ class KeyChecker:
     def requestAvatarId(self, credentials):
         d = self._directory.credential_by_key(credentials.key or "", self._type)
         return d.addCallback(_found, credentials.mechanism)
+
+
+@implementer(ICredentialsChecker)
+class APIKeyChecker(KeyChecker):
+    """The HTTP API: C{X-Server-API-Key} is an C{api} credential's key."""
+    credentialInterfaces = (IAPIKey,)
+
+    def __init__(self, directory):
+        super().__init__(directory, "api")
 
 
 def cram_md5_digest(key: str, challenge: bytes) -> str:

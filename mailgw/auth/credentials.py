@@ -34,6 +34,11 @@ class ICramMD5Credentials(ICredentials):
     digest = Attribute("the lower-case hex digest the client sent (str)")
 
 
+class IAPIKey(ICredentials):
+    """An C{api} credential's key, from the HTTP API's C{X-Server-API-Key}."""
+    key = Attribute("the key (str)")
+
+
 class IClientAddress(ICredentials):
     """The address a connection comes from, for smtp-ip credentials."""
     address = Attribute("IPv4 or IPv6 address (str)")
@@ -50,6 +55,8 @@ def _text(raw: bytes) -> str:
 
 @implementer(IChallengeResponse, IKeyCredentials)
 class PlainCredentials:
+    """PLAIN (RFC 4616): C{authzid NUL authcid NUL password}; the password is the key."""
+
     mechanism = "PLAIN"
 
     def __init__(self):
@@ -98,6 +105,8 @@ class LoginCredentials:
 
 @implementer(IChallengeResponse, ICramMD5Credentials)
 class CramMD5Credentials:
+    """CRAM-MD5 (RFC 2195): C{org/server} or C{org_server} and an HMAC-MD5 digest."""
+
     mechanism = "CRAM-MD5"
 
     def __init__(self, hostname: str):
@@ -129,8 +138,23 @@ class CramMD5Credentials:
 
 @implementer(IClientAddress)
 class ClientAddress:
+    """The address an SMTP connection comes from (for C{smtp-ip} credentials)."""
+
     def __init__(self, address: str):
         self.address = address
 
     def __repr__(self):
         return f"<ClientAddress {self.address}>"
+
+
+@implementer(IAPIKey)
+class APIKey:
+    """The key an HTTP API request presents."""
+
+    mechanism = "API"
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __repr__(self):
+        return "<APIKey>"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from twisted.internet.protocol import Factory
 
+from mailgw.auth.guard import AuthenticationGuard
 from mailgw.metrics import Metrics
 from mailgw.smtp.protocol import SubmissionProtocol
 
@@ -28,21 +29,26 @@ class ProtocolSettings:
 
 
 class SubmissionFactory(Factory):
+    """Builds the sessions of one SMTP listener and enforces its caps."""
+
     protocol = SubmissionProtocol
     noisy = False
 
     def __init__(self, settings: ProtocolSettings, portal, clock, tls_options=None,
-                 throttle=None, metrics=None):
+                 guard=None, metrics=None):
         """
+        @param portal: the portal sessions log in through (in the gateway, the
+            L{mailgw.auth.guard.GuardedPortal} watched by C{guard}).
         @param tls_options: None (no STARTTLS), or an object whose
             C{server_options()} gives the current TLS connection creator.
+        @param guard: the L{AuthenticationGuard} shared by every listener and
+            the HTTP API; a new one that counts nothing by default.
         """
         self.settings = settings
         self.portal = portal
         self.clock = clock
         self.tls_options = tls_options
-        #: the shared FailureThrottle, or None
-        self.throttle = throttle
+        self.guard = guard if guard is not None else AuthenticationGuard()
         self.metrics = metrics if metrics is not None else Metrics()
         #: the sessions open now, for a graceful shutdown
         self.sessions = set()

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailgw.address import AddressError, parse_path, split_mail_argument
+from mailgw.auth.guard import LockedOut
 from mailgw.auth.credentials import (
     ClientAddress, CramMD5Credentials, LoginCredentials, MalformedResponse,
     PlainCredentials,
@@ -45,6 +46,8 @@ BODY_TYPES = ("7BIT", "8BITMIME")
 
 @implementer(IHandshakeListener)
 class SubmissionProtocol(Protocol):
+    """One SMTP submission session (the wire contract, C{docs/smtp.md})."""
+
     def __init__(self, factory):
         self.factory = factory
         self.settings = factory.settings
@@ -426,21 +429,21 @@ class SubmissionProtocol(Protocol):
 
     def _auth_error(self, failure, mechanism):
         failure.trap(UnauthorizedLogin)
-        self._auth_failed(mechanism)
+        self.metrics.auth.labels(mechanism, "failure").inc()
+        if failure.check(LockedOut) and self._throttled():
+            return
+        self._reply(_DENIED[mechanism])
 
     def _auth_failure_logged(self):
-        """Log and count one authentication failure; True when the client is
-        now locked out (it has been told so, and is being disconnected)."""
-        log.warn("[{trace}] Authentication failure for {ip}",
-                 trace=self.session.trace_id, ip=self.client_ip)
-        throttle = self.factory.throttle
-        if throttle is not None and throttle.record_failure(self.client_ip):
+        """Log and count one failure that no checker saw (a malformed
+        response); True when the client is now locked out (it has been told
+        so, and is being disconnected)."""
+        if self.factory.guard.failed(self.client_ip, self.session.trace_id):
             return self._throttled()
         return False
 
     def _throttled(self) -> bool:
-        throttle = self.factory.throttle
-        if throttle is None or not throttle.locked(self.client_ip):
+        if not self.factory.guard.locked(self.client_ip):
             return False
         self._log("locked out after too many authentication failures")
         self._reply(replies.too_many_auth_failures(self.settings.hostname))
@@ -451,8 +454,7 @@ class SubmissionProtocol(Protocol):
         self.metrics.auth.labels(mechanism, "failure").inc()
         if self._auth_failure_logged():
             return
-        self._reply(replies.AUTH_DENIED if mechanism == "CRAM-MD5"
-                    else replies.AUTH_INVALID_CREDENTIAL)
+        self._reply(_DENIED[mechanism])
 
     # MAIL / RCPT / DATA ------------------------------------------------------
 
@@ -532,7 +534,7 @@ class SubmissionProtocol(Protocol):
 
         def refused(failure):
             failure.trap(UnauthorizedLogin)
-            if self._auth_failure_logged():
+            if failure.check(LockedOut) and self._throttled():
                 return None
             raise replies.AUTH_REQUIRED
         return d.addCallbacks(bound, refused)
@@ -598,6 +600,9 @@ class SubmissionProtocol(Protocol):
         self._reset_timer()
         return result
 
+
+_DENIED = {"CRAM-MD5": replies.AUTH_DENIED, "PLAIN": replies.AUTH_INVALID_CREDENTIAL,
+           "LOGIN": replies.AUTH_INVALID_CREDENTIAL}
 
 _SYNTAX = {
     "HELO": replies.HELO_SYNTAX, "EHLO": replies.HELO_SYNTAX,

@@ -17,9 +17,11 @@ words the core's refusals as API error codes.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from twisted.application import internet
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -28,7 +30,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from mailgw.interfaces import StoreError
+from mailgw.auth.credentials import APIKey
+from mailgw.auth.guard import LockedOut
+from mailgw.interfaces import IAPIClient, StoreError
 from mailgw.model import generate_token
 from mailgw.submission import (
     QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
@@ -71,6 +75,14 @@ _FIXED = {
 }
 
 
+@dataclass(frozen=True)
+class APIRequest:
+    """The mind of an API login: what the guard logs and counts by."""
+
+    client_ip: str
+    trace_id: str
+
+
 def client_ip(request) -> str:
     return getattr(request.getClientAddress(), "host", None) or ""
 
@@ -80,13 +92,12 @@ class SendAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, store, core, config, clock, throttle, metrics=None):
+    def __init__(self, portal, core, config, clock, metrics=None):
         super().__init__()
         self._metrics = metrics
-        self._store = store
+        self._portal = portal
         self._core = core
         self._clock = clock
-        self._throttle = throttle
         self._hostname = config.hostname
         self._max_size = config.limits.max_message_size
         self._max_recipients = config.limits.max_recipients
@@ -154,34 +165,34 @@ class SendAPI(Resource):
 
     @defer.inlineCallbacks
     def _authenticate(self, request, ip: str, trace: str):
-        """@return: Deferred firing with C{(Credential, Server)}, or failing
-        with the L{APIError} to answer."""
-        if self._throttle is not None and self._throttle.locked(ip):
+        """Log in through the portal SMTP uses (its guard throttles both).
+
+        @return: Deferred firing with C{(Credential, Server)}, or failing
+            with the L{APIError} to answer.
+        """
+        guard = self._portal.guard
+        if guard.locked(ip):
             raise APIError("TooManyAuthenticationFailures")
         raw = request.getHeader(b"x-server-api-key")
         if not raw:
-            self._auth_failed(ip, trace, "AccessDenied")
+            # No checker sees a missing key; it counts all the same.
+            locked = guard.failed(ip, trace)
+            raise APIError("TooManyAuthenticationFailures" if locked else "AccessDenied")
         try:
             key = raw.decode("ascii")
         except UnicodeDecodeError:
-            key = None
-        found = (yield self._store.credential_by_key(key, "api")) if key else None
-        if found is None:
-            self._auth_failed(ip, trace, "InvalidServerAPIKey")
-        credential, server_ = found
-        if server_.is_suspended:
+            key = ""  # matches no key: a failure like any wrong key
+        try:
+            _, client, _ = yield self._portal.login(APIKey(key), APIRequest(ip, trace),
+                                                    IAPIClient)
+        except LockedOut:
+            raise APIError("TooManyAuthenticationFailures") from None
+        except UnauthorizedLogin:
+            raise APIError("InvalidServerAPIKey") from None
+        identity = client.identity
+        if identity.server.is_suspended:
             raise APIError("ServerSuspended")
-        touched = self._store.touch_credential(credential.id, self._clock.seconds())
-        touched.addErrback(lambda f: log.failure("[{trace}] last_used_at not updated",
-                                                 f, trace=trace))
-        return credential, server_
-
-    def _auth_failed(self, ip: str, trace: str, code: str):
-        """Log and count one failure (the throttle SMTP AUTH uses), then raise."""
-        log.warn("[{trace}] Authentication failure for {ip}", trace=trace, ip=ip)
-        if self._throttle is not None and self._throttle.record_failure(ip):
-            raise APIError("TooManyAuthenticationFailures")
-        raise APIError(code)
+        return identity.credential, identity.server
 
     # -- submission ---------------------------------------------------------------------
 
@@ -267,19 +278,17 @@ def _body_size(content) -> int:
     return size
 
 
-def build_api_site(store, core, config, clock, throttle, metrics=None) -> server.Site:
+def build_api_site(portal, core, config, clock, metrics=None) -> server.Site:
     """The API as a twisted.web C{Site}.
 
-    @param store: an L{mailgw.interfaces.IStore}.
+    @param portal: the L{mailgw.auth.guard.GuardedPortal} SMTP logs in through.
     @param core: the L{mailgw.submission.SubmissionCore} SMTP uses too.
     @param config: the whole L{mailgw.config.Config}.
     @param clock: the reactor (its thread pool decodes big requests), or
         any C{IReactorTime}.
-    @param throttle: the L{mailgw.auth.throttle.FailureThrottle} SMTP AUTH
-        uses, or None.
     @param metrics: the gateway's L{mailgw.metrics.Metrics}, or None.
     """
-    site = server.Site(SendAPI(store, core, config, clock, throttle, metrics),
+    site = server.Site(SendAPI(portal, core, config, clock, metrics),
                        timeout=IDLE_TIMEOUT,
                        reactor=clock)
     site.requestFactory = LimitedRequest

@@ -184,7 +184,7 @@ class NonUTF8AuthTests(DefenceTestBase):
         d = super().setUp()
 
         def throttle(_):
-            self.h.factory.throttle = FailureThrottle(self.h.clock, max_failures=3)
+            self.h.guard.throttle = FailureThrottle(self.h.clock, max_failures=3)
         return d.addCallback(throttle)
 
     @defer.inlineCallbacks
@@ -202,7 +202,7 @@ class NonUTF8AuthTests(DefenceTestBase):
 
     @defer.inlineCallbacks
     def test_pipelined_burst_never_answers_451(self):
-        self.h.factory.throttle = None
+        self.h.guard.throttle = None
         burst = "".join("AUTH PLAIN " + b64(b"\0u\0" + bytes([0x80 + i % 64]) * 3) + "\r\n"
                         for i in range(300))
         yield self.h.lines("EHLO c")

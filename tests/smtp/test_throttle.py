@@ -57,7 +57,7 @@ class ProtocolThrottleTests(unittest.TestCase):
         self.store = yield make_store(self)
         yield seed_tenancy(self.store)
         self.h = Harness(self, self.store)
-        self.h.factory.throttle = FailureThrottle(self.h.clock, max_failures=3, window=600,
+        self.h.guard.throttle = FailureThrottle(self.h.clock, max_failures=3, window=600,
                                                   lockout=900)
         self.h.connect()
 

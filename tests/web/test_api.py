@@ -28,6 +28,8 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 
 from mailgw.admin.devsetup import make_certificate
+from mailgw.auth.guard import AuthenticationGuard
+from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import Config, HTTPAPIConfig, LimitsConfig, TLSConfig
 from mailgw.interfaces import StoreUnavailable
@@ -132,8 +134,9 @@ class APITestBase(unittest.TestCase):
         self.serve(self.store)
 
     def serve(self, store):
-        site = build_api_site(store, core_of(store, self.config), self.config, reactor,
-                              self.throttle)
+        guard = AuthenticationGuard(self.throttle)
+        portal = build_portal(store, reactor, None, guard)
+        site = build_api_site(portal, core_of(store, self.config), self.config, reactor)
         tracker = ConnectionTracker(site)
         port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
         self.port = port.getHost().port
@@ -788,8 +791,8 @@ class ListenerTests(unittest.TestCase):
         log = []
         globalLogPublisher.addObserver(log.append)
         self.addCleanup(globalLogPublisher.removeObserver, log.append)
-        tracker = ConnectionTracker(build_api_site(store, core_of(store, config), config,
-                                                   reactor, None))
+        tracker = ConnectionTracker(build_api_site(build_portal(store, reactor, None),
+                                                   core_of(store, config), config, reactor))
         service = api_listener_service(tracker, config, tls_options, reactor)
         service.startService()
 
