@@ -1,4 +1,4 @@
-"""Frozen values of the tenancy model and the queue (spec §1 and §8).
+"""Frozen values of the tenancy model and the queue (docs/smtp.md §1 and §8).
 
 These are what the store hands out; nothing here talks to a database. A
 credential's key is kept out of every repr, so that a value logged by mistake

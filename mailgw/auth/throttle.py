@@ -1,4 +1,4 @@
-"""Authentication failure throttling, per client address (spec §4).
+"""Authentication failure throttling, per client address (docs/smtp.md §4).
 
 After C{max_failures} failures within C{window} seconds an address is locked
 out for C{lockout} seconds: its sessions get a 421 and are closed, and so are

@@ -95,7 +95,7 @@ class DatabaseOutageTests(GatewayTestBase):
             self.assertEqual(self.health(), 503)
         finally:
             self.cluster.start_server()
-        # the 451 reset the transaction (spec §2); the session itself survived
+        # the 451 reset the transaction (docs/smtp.md §2); the session itself survived
         self.assertEqual(client.rcpt("user@dest.example")[0], 503)
         self.assertEqual(client.mail("app@good.example")[0], 250)
         self.assertEqual(client.rcpt("user@dest.example")[0], 250)

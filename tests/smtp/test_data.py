@@ -1,4 +1,4 @@
-"""DATA and after (spec §6–§7): the end-of-data checks in order, the stored
+"""DATA and after (docs/smtp.md §6–§7): the end-of-data checks in order, the stored
 bytes, holds, pipelining and the SMTP-smuggling cases."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The wire contract (shared/spec/SMTP.md §2–§7), reply by reply, over a
+"""The wire contract (docs/smtp.md §2–§7), reply by reply, over a
 StringTransport with a Clock and a real SQLite store."""
 from __future__ import annotations
 

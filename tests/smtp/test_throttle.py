@@ -1,4 +1,4 @@
-"""AUTH failure throttling (spec §4, [auth_throttle]): per address, within a
+"""AUTH failure throttling (docs/smtp.md §4, [auth_throttle]): per address, within a
 window, a lock-out that also refuses new connections, and 530 at RCPT
 counting as a failure."""
 from __future__ import annotations

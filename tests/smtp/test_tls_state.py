@@ -1,4 +1,4 @@
-"""STARTTLS and implicit TLS as the state machine sees them (spec §3, §4):
+"""STARTTLS and implicit TLS as the state machine sees them (docs/smtp.md §3, §4):
 the injection guard, the reset to the greeting state, the advertisements,
 and the handshake and DATA timeouts, over an in-memory transport with a Clock.
 Real TLS on real sockets is in tests/e2e/test_tls.py."""
