@@ -112,7 +112,7 @@ class Row:
     error_samples: list = field(default_factory=list)
     latencies: list = field(default_factory=list, repr=False)
 
-    def merge(self, other: "Row") -> "Row":
+    def merge(self, other: Row) -> Row:
         """This row and another round of the same scenario and server, as one."""
         for name in ("messages", "connections", "errors", "wall", "elapsed", "server_cpu",
                      "server_sys", "client_cpu", "other_cpu"):
@@ -276,7 +276,7 @@ def percentiles(latencies) -> tuple:
 
 def _measured(key: str, target: load.Target, scale: Scale, row: Row, pids: list[int]):
     row.rss_before_kb = _total(pids, "VmRSS")
-    have_hwm = all([servers.reset_peak(pid) for pid in pids])
+    have_hwm = all([servers.reset_peak(pid) for pid in pids])  # noqa: C419 (reset every pid)
     cpu0, sys0, client0 = _cpu(pids), _sys(pids), client_cpu()
     busy0 = servers.machine_busy_seconds()
     started = time.perf_counter()

@@ -97,7 +97,7 @@ class ServerProcess:
     def pids(self) -> list[int]:
         return [self.process.pid]
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.argv, cwd=self.folder, stdout=log,
@@ -217,7 +217,7 @@ class ProcessGroup:
     def pids(self) -> list[int]:
         return [m.pid for m in self.members]
 
-    def start(self) -> "ProcessGroup":
+    def start(self) -> ProcessGroup:
         try:
             for member in self.members:
                 member.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from twisted.logger import FileLogObserver, formatEvent
 
@@ -15,7 +15,7 @@ JSON_OBSERVER = "mailgw.logs.json_observer"
 
 def event_as_json(event) -> str:
     record = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc)
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC)
                         .isoformat(timespec="milliseconds"),
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace", "-"),

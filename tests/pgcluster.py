@@ -112,7 +112,7 @@ class Cluster:
                 shutil.chown(self.root, "postgres", "postgres")
             except (LookupError, OSError) as e:
                 shutil.rmtree(self.root, ignore_errors=True)
-                raise ClusterError(f"running as root needs a 'postgres' user: {e}")
+                raise ClusterError(f"running as root needs a 'postgres' user: {e}") from e
 
     # -- URLs ------------------------------------------------------------------
 

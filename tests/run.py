@@ -32,7 +32,7 @@ def summarise(last_line: str) -> str | None:
     m = re.match(r"^(PASSED|FAILED) \((.*)\)\s*$", last_line)
     if not m:
         return None
-    counts = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2)))
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
     passed = counts.get("successes", 0)
     failed = sum(counts.get(k, 0) for k in ("failures", "errors", "unexpectedSuccesses"))
     skipped = counts.get("skips", 0) + counts.get("expectedFailures", 0)

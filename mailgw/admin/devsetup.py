@@ -84,7 +84,7 @@ def make_certificate(hostname: str = "localhost", years: int = 10) -> tuple[byte
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -182,10 +182,9 @@ def submission_address(config) -> tuple[str, int]:
 
 def instructions(key: str, host: str, port: int) -> str:
     smtplib_line = (
-        "python3 -c 'import smtplib; s = smtplib.SMTP(\"%s\", %d); s.starttls(); "
-        "s.login(\"any\", \"%s\"); s.sendmail(\"you@example.com\", "
-        "[\"someone@example.net\"], \"From: you@example.com\\r\\nSubject: hello\\r\\n\\r\\nHello.\\r\\n\"); s.quit()'"
-        % (host, port, key))
+        f"python3 -c 'import smtplib; s = smtplib.SMTP(\"{host}\", {port}); s.starttls(); "
+        f"s.login(\"any\", \"{key}\"); s.sendmail(\"you@example.com\", "
+        "[\"someone@example.net\"], \"From: you@example.com\\r\\nSubject: hello\\r\\n\\r\\nHello.\\r\\n\"); s.quit()'")
     return "\n".join([
         f"demo credential key (server {DEMO_ORG}/{DEMO_SERVER}): {key}",
         "try it:",

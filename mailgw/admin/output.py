@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from mailgw.model import (
     Credential, DeliveryAttempt, Domain, Organization, QueueEntry, Server,
@@ -30,7 +30,7 @@ def iso8601(ts: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC string (C{None} stays C{None})."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def organization_json(org: Organization) -> dict:

@@ -117,7 +117,7 @@ def _multipart(headers: list[str], parts) -> bytes:
         if isinstance(content, str):
             content = content.encode("utf-8")
         out.append(f"{CRLF}--{boundary}{CRLF}Content-Type: {content_type}{CRLF}{CRLF}"
-                   .encode("utf-8") + content)
+                   .encode() + content)
     out.append(f"{CRLF}--{boundary}--{CRLF}".encode("ascii"))
     return b"".join(out)
 

@@ -213,10 +213,10 @@ class SMTPSession:
         if utf8 and "SMTPUTF8" not in self.extensions:
             refusal = Reply(553, ("5.6.7 the receiving server does not support SMTPUTF8 "
                                   "(an address is not ASCII)",))
-            return {rcpt: refusal for rcpt in recipients}
+            return dict.fromkeys(recipients, refusal)
         reply = yield self.connection.command(self._mail_command(mail_from, size, utf8))
         if reply.code != 250:
-            return {rcpt: reply for rcpt in recipients}
+            return dict.fromkeys(recipients, reply)
         results, accepted = {}, []
         for rcpt in recipients:
             reply = yield self.connection.command(b"RCPT TO:<" + rcpt.encode("utf-8") + b">")
@@ -226,7 +226,7 @@ class SMTPSession:
                 results[rcpt] = reply
         if accepted:
             reply = yield self._data(body)
-            results.update({rcpt: reply for rcpt in accepted})
+            results.update(dict.fromkeys(accepted, reply))
         return results
 
     @defer.inlineCallbacks
@@ -241,7 +241,7 @@ class SMTPSession:
             except Exception as e:
                 # Never send the final dot of a body we could not read whole.
                 self.connection.abort()
-                raise temporary(f"could not read the message body: {e}", self.host)
+                raise temporary(f"could not read the message body: {e}", self.host) from e
             if chunk is None:
                 break
             self.connection.write(stuffer.feed(chunk))

@@ -46,7 +46,7 @@ class Result:
         return self.code is not None and 200 <= self.code < 300
 
     @classmethod
-    def of_error(cls, e: DeliveryError) -> "Result":
+    def of_error(cls, e: DeliveryError) -> Result:
         return cls(e.code, e.text, e.host, e.permanent)
 
 

@@ -158,7 +158,7 @@ class MXResolver:
         except dns_error.DomainError:
             raise permanent(f"domain {domain} does not exist") from None
         except Exception as e:
-            raise temporary(f"DNS look-up of the MX of {domain} failed: {_dns_text(e)}")
+            raise temporary(f"DNS look-up of the MX of {domain} failed: {_dns_text(e)}") from e
         records = [(rr.payload.preference, str(rr.payload.name).rstrip(".").lower())
                    for rr in answers if rr.type == dns.MX]
         if not records:

@@ -14,7 +14,7 @@ class SMTPReply(Exception):
         super().__init__(code, text)
         self.code = code
         self.text = text
-        self._wire = f"{code} {text}\r\n".encode("utf-8")
+        self._wire = f"{code} {text}\r\n".encode()
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}"

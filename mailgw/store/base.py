@@ -265,7 +265,7 @@ def _get_entry(entry_id):
 
 def _queue_counts():
     rows = yield Q("SELECT status, count(*) FROM queue GROUP BY status")
-    return {status: count for status, count in rows}
+    return dict(rows)
 
 
 def _ping():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from email.utils import format_datetime
 
 from twisted.internet import defer
@@ -157,9 +157,9 @@ def received_header(hostname: str, protocol: str, token: str, when: float, *,
 
     Without C{client_ip} (or with C{privacy}) only the C{by} part is written.
     """
-    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    date = format_datetime(datetime.fromtimestamp(when, UTC))
     by = f"by {hostname} with {protocol} id {token}; {date}"
     if privacy or client_ip is None:
-        return f"Received: {by}\r\n".encode("utf-8")
+        return f"Received: {by}\r\n".encode()
     return f"Received: from {helo or client_ip} ({client_ip} [{client_ip}]) {by}\r\n".encode(
         "utf-8", "replace")

@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -297,7 +297,7 @@ def _message_fields(params: dict, max_recipients: int,
 def _build(fields: _MessageFields, message_id: str, now: float) -> bytes:
     """The message bytes: our headers, the custom ones, then the MIME body."""
     message = EmailMessage(policy=_UTF8 if fields.utf8 else _SEVEN_BIT)
-    ours = [("Date", format_datetime(datetime.fromtimestamp(now, timezone.utc))),
+    ours = [("Date", format_datetime(datetime.fromtimestamp(now, UTC))),
             ("From", fields.author), ("Sender", fields.sender),
             ("Reply-To", fields.reply_to), ("To", fields.to), ("Cc", fields.cc)]
     ours = [(name, text.strip()) for name, text in ours if not _blank(text)]

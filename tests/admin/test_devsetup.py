@@ -104,7 +104,7 @@ class DevSetupTests(unittest.TestCase):
         self.assertTrue(os.path.isdir(config.spool_directory))
         self.assertEqual((config.tls.certificate, config.tls.private_key),
                          (os.path.join(var, "tls/cert.pem"), os.path.join(var, "tls/key.pem")))
-        self.assertEqual([(l.endpoint, l.tls, l.auth_requires_tls) for l in config.listeners],
+        self.assertEqual([(ls.endpoint, ls.tls, ls.auth_requires_tls) for ls in config.listeners],
                          [("tcp:2525:interface=127.0.0.1", "starttls", True),
                           ("tcp:2465:interface=127.0.0.1", "implicit", True)])
         self.assertIn("set this to false", Path(self.path("mailgw.toml")).read_text())
@@ -119,7 +119,7 @@ class DevSetupTests(unittest.TestCase):
         self.assertEqual(san.get_values_for_type(x509.DNSName), ["localhost"])
         self.assertEqual([str(a) for a in san.get_values_for_type(x509.IPAddress)],
                          ["127.0.0.1"])
-        lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+        lifetime = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
         self.assertGreater(lifetime, datetime.timedelta(days=3640))
         self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
         for name in ("localhost", "127.0.0.1"):
@@ -182,7 +182,7 @@ EXAMPLE_VALUES = {"hostname", "certificate", "private_key", "endpoint", "tls",
 class ExampleConfigTests(unittest.TestCase):
     def test_loads(self):
         config = load_config(EXAMPLE)
-        self.assertEqual([l.tls for l in config.listeners], ["starttls", "implicit"])
+        self.assertEqual([ls.tls for ls in config.listeners], ["starttls", "implicit"])
 
     def test_every_key_is_listed_with_its_default(self):
         text = EXAMPLE.read_text()

@@ -81,7 +81,7 @@ class CrashTests(GatewayTestBase):
         by_token = {}
         for entry in entries:
             by_token.setdefault(entry.token, []).append(entry)
-        for token, data in acked.items():
+        for token in acked:
             self.assertEqual(len(by_token.get(token, [])), 1, f"{token} not stored exactly once")
         for token, rows in by_token.items():
             body = yield store.read_body(rows[0].message_id)

@@ -192,7 +192,7 @@ class FuzzTests(unittest.TestCase):
         for line in lines[:-1]:
             self.assertRegex(line, REPLY)
         authenticated = b"235 Granted for acme/web" in transport.value()
-        for envelope, body in directory.enqueued:
+        for _envelope, body in directory.enqueued:
             self.assertTrue(authenticated)
             self.assertLessEqual(len(body), 64 * 1024)
         errors = [e for e in self.events if e.get("log_failure") is not None]

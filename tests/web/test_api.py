@@ -351,7 +351,7 @@ class SendMessageTests(APITestBase):
     @defer.inlineCallbacks
     def test_two_attachments_come_back_byte_for_byte(self):
         binary = bytes(range(256)) * 40
-        text = "naïve,data\r\n1,2\n".encode("utf-8")
+        text = "naïve,data\r\n1,2\n".encode()
         answer = yield self.call(MESSAGE, simple(
             html_body="<p>Hi <b>there</b></p>", subject="Grüße",
             attachments=[
@@ -679,7 +679,7 @@ def read_response(sock) -> tuple[bytes, dict, bytes]:
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     status, *lines = head.split(b"\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (l.split(b":", 1) for l in lines)}
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines)}
     while len(body) < int(headers[b"content-length"]):
         body += sock.recv(65536)
     return status, headers, body
@@ -890,8 +890,7 @@ _address = st.sampled_from(["a@good.example", "Me <me@good.example>", "x", "", "
                             "a@b, c@d", "undisclosed:;", "\u00e9@\u00e9.example", "a@",
                             "\"q\"@x.example", "a\r\nBcc: b@c"])
 _field = _address | st.lists(_address, max_size=3) | _json
-_values = {name: _field for name in ("to", "cc", "bcc", "from", "sender", "reply_to",
-                                     "rcpt_to", "mail_from")}
+_values = dict.fromkeys(("to", "cc", "bcc", "from", "sender", "reply_to", "rcpt_to", "mail_from"), _field)
 _values.update({
     "subject": st.sampled_from(["x", "Gr\u00fc\u00dfe", "a\r\nBcc: b@c"]) | _json,
     "plain_body": _json, "html_body": _json, "tag": _json, "bounce": _json,
