@@ -24,6 +24,7 @@ run: $(INSTALLED)
 	$(VENV)/bin/twistd -n --pidfile= mailgw --config $(CONFIG)
 
 test: $(INSTALLED)
+	$(VENV)/bin/ruff check --quiet .
 	$(PY) -m tests.run $(TESTS)
 
 # mailgw against an aiosmtpd baseline (bench/RESULTS.md); BENCH="--quick" for less.

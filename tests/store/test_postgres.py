@@ -162,7 +162,7 @@ class PostgresStoreTests(unittest.TestCase):
         try:
             os.kill(pid, signal.SIGSTOP)
         except (PermissionError, ProcessLookupError):
-            raise unittest.SkipTest("the server's processes are not ours to signal")
+            raise unittest.SkipTest("the server's processes are not ours to signal") from None
         self.addCleanup(_continue, pid)
         started = reactor.seconds()
         yield self.assertFailure(store.list_organizations(), StoreUnavailable)
