@@ -420,6 +420,9 @@ class SubmissionProtocol(Protocol):
 
     def _authenticated(self, result, mechanism):
         _, avatar, logout = result
+        if self._mode == CLOSED:  # the client left while the login ran
+            logout()
+            return
         self._set_avatar(avatar, logout)
         self.session.mechanism = mechanism
         self.metrics.auth.labels(mechanism, "success").inc()
@@ -430,6 +433,8 @@ class SubmissionProtocol(Protocol):
     def _auth_error(self, failure, mechanism):
         failure.trap(UnauthorizedLogin)
         self.metrics.auth.labels(mechanism, "failure").inc()
+        if self._mode == CLOSED:
+            return
         if failure.check(LockedOut) and self._throttled():
             return
         self._reply(_DENIED[mechanism])
@@ -526,6 +531,9 @@ class SubmissionProtocol(Protocol):
 
         def bound(result):
             _, avatar, logout = result
+            if self._mode == CLOSED:
+                logout()
+                return None
             self._set_avatar(avatar, logout)
             self.session.mechanism = "IP"
             self._log("client address matches a credential of {server}",
@@ -534,6 +542,8 @@ class SubmissionProtocol(Protocol):
 
         def refused(failure):
             failure.trap(UnauthorizedLogin)
+            if self._mode == CLOSED:
+                return None
             if failure.check(LockedOut) and self._throttled():
                 return None
             raise replies.AUTH_REQUIRED
@@ -545,6 +555,8 @@ class SubmissionProtocol(Protocol):
         d = avatar.check_recipient(recipient)
 
         def accept(_):
+            if self._mode == CLOSED:
+                return
             key = recipient.recipient_key
             if key in self._recipient_keys:
                 return self._reply(replies.OK)  # the same recipient twice is one recipient

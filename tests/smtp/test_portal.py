@@ -15,7 +15,7 @@ its answer visible, which a real store hides. Covered:
     Authentication required}) and a broken one (C{451}, logged, the
     connection still usable);
   - a connection lost (or timed out) while a login or a recipient check is
-    pending: several of these are marked C{todo}, see L{ANSWERS_AFTER_CLOSE};
+    pending: nothing is written, a late avatar is logged out at once;
   - the avatar's logout at the end of the connection and when the session
     re-authenticates (after a client-address login, and after STARTTLS);
   - the recipient check and the message's C{finish} held by the test.
@@ -504,16 +504,6 @@ class IPv6ClientAddressTests(ClientAddressTests):
     client_ip = "2001:db8::5"
 
 
-#: Why the tests marked with it fail for now (trial's C{todo}: they pass as
-#: expected failures, and the run fails once they pass, so that the marks get
-#: removed): the callbacks that answer a login (C{_authenticated},
-#: C{_auth_error}, the client-address login in C{_authorise}) and a recipient
-#: check (C{_check_recipient}) do not look whether the connection is still
-#: open, as C{_failed} does.
-ANSWERS_AFTER_CLOSE = ("the protocol still answers, and binds the avatar, when the portal "
-                       "or the avatar fires after the connection was closed or lost")
-
-
 class ConnectionLostTests(PortalTestCase):
     """The client goes away while the portal is still deciding: whatever the
     portal says afterwards is written nowhere and raises nothing."""
@@ -533,7 +523,6 @@ class ConnectionLostTests(PortalTestCase):
         self.assertQuietAfterwards(attempt, lambda: attempt.succeed(self.avatar()))
         self.assertIsNone(self.protocol.avatar)
 
-    test_granted_after_the_connection_is_gone.todo = ANSWERS_AFTER_CLOSE
 
     def test_late_avatar_is_logged_out(self):
         """An avatar handed over after the end is never used; it must still be
@@ -544,7 +533,6 @@ class ConnectionLostTests(PortalTestCase):
         attempt.succeed(avatar)
         self.assertEqual(avatar.logouts, 1)
 
-    test_late_avatar_is_logged_out.todo = ANSWERS_AFTER_CLOSE
 
     def refused_after_the_end(self, mechanism):
         attempt = self.start_login(mechanism)
@@ -554,17 +542,14 @@ class ConnectionLostTests(PortalTestCase):
     def test_plain_refused_after_the_connection_is_gone(self):
         self.refused_after_the_end("PLAIN")
 
-    test_plain_refused_after_the_connection_is_gone.todo = ANSWERS_AFTER_CLOSE
 
     def test_login_refused_after_the_connection_is_gone(self):
         self.refused_after_the_end("LOGIN")
 
-    test_login_refused_after_the_connection_is_gone.todo = ANSWERS_AFTER_CLOSE
 
     def test_cram_md5_refused_after_the_connection_is_gone(self):
         self.refused_after_the_end("CRAM-MD5")
 
-    test_cram_md5_refused_after_the_connection_is_gone.todo = ANSWERS_AFTER_CLOSE
 
     def test_granted_after_the_idle_timeout(self):
         """After the 421 of the idle timeout nothing more is written, even
@@ -578,7 +563,6 @@ class ConnectionLostTests(PortalTestCase):
         self.lose_connection()
         self.assertEqual(avatar.logouts, 1)
 
-    test_granted_after_the_idle_timeout.todo = ANSWERS_AFTER_CLOSE
 
     def test_broken_after_the_connection_is_gone(self):
         attempt = self.start_login("LOGIN")
@@ -608,7 +592,6 @@ class ConnectionLostTests(PortalTestCase):
         self.assertEqual(avatar.checks, [])
         self.assertEqual(avatar.logouts, 1)
 
-    test_client_address_granted_after_the_connection_is_gone.todo = ANSWERS_AFTER_CLOSE
 
     def test_recipient_check_after_the_connection_is_gone(self):
         avatar = self.authenticate()
@@ -620,7 +603,6 @@ class ConnectionLostTests(PortalTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.protocol.recipients, [])
 
-    test_recipient_check_after_the_connection_is_gone.todo = ANSWERS_AFTER_CLOSE
 
     def test_recipient_refused_after_the_connection_is_gone(self):
         avatar = self.authenticate()
