@@ -25,6 +25,7 @@ from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.relay.service import RelayService
 from mailgw.store import open_store
 from mailgw.store.cache import CachingDirectory
+from mailgw.store.files import private_directory
 from mailgw.submission import CoreSettings, SubmissionCore
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
@@ -69,7 +70,7 @@ class GatewayService(service.MultiService):
         #: what sessions read on the message path: reused for up to a second
         self.directory = CachingDirectory(self.store, reactor)
         self.tls = TLSOptions.from_config(config.tls) if config.tls else None
-        os.makedirs(config.spool_directory, exist_ok=True)
+        private_directory(config.spool_directory, log)
         #: the end of every submission, SMTP and HTTP alike
         self.core = SubmissionCore(self.directory, reactor, CoreSettings(
             config.hostname, config.limits.max_message_size, config.limits.max_header_size,

@@ -13,12 +13,18 @@ import sqlite3
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Store, schema_files, split_statements
+from mailgw.store.files import private_directory, private_file, tighten
+
+log = Logger()
 
 BUSY_TIMEOUT_MS = 10_000
+#: the files SQLite keeps beside the database (WAL mode uses the first two)
+COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def _configure(connection):
@@ -92,15 +98,30 @@ class SQLiteStore(Store):
             cp_noisy=False)
 
     def start(self):
-        folder = os.path.dirname(self.path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
+        if self.path != ":memory:":
+            try:
+                self._make_private()
+            except OSError as e:  # as SQLite's own failure to open would be
+                return defer.fail(StoreUnavailable(f"sqlite: {e}"))
         self._writer = self._pool(1)
         self._reader = self._pool(self._readers)
         self._writer.start()
         self._reader.start()
         # Open (and create) the file now, so a bad path fails at start.
         return self._run(_nothing)
+
+    def _make_private(self):
+        """The database file (created here, before SQLite opens it, so that
+        it is born C{0600}: SQLite would create it C{0644} under the usual
+        umask, and gives its companions the main file's mode) and any
+        companion left by an earlier run, readable by mailgw's user only; the
+        folder too when mailgw creates it (an existing one may be shared)."""
+        folder = os.path.dirname(self.path)
+        if folder and not os.path.isdir(folder):
+            private_directory(folder, log)
+        private_file(self.path, log)
+        for suffix in COMPANIONS:
+            tighten(self.path + suffix, log)
 
     def close(self):
         for pool in (self._writer, self._reader):
