@@ -11,19 +11,35 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from twisted.internet import defer
+from zope.interface import implementer
+
+from mailgw.interfaces import IDirectory, IQueue
 
 #: how long an answer is reused (spec §1: "bounded to about a second")
 TTL = 1.0
 MAX_ENTRIES = 10_000
+#: the look-ups answered from memory (each a method of L{CachingDirectory})
 CACHED = ("server_by_id", "credential_by_id", "authorised_domains", "credential_by_key",
           "credentials_of_server", "credential_for_address")
 
 
+@implementer(IDirectory, IQueue)
 class CachingDirectory:
     """The store, with the L{CACHED} look-ups answered from memory for L{TTL}
-    seconds; every other call goes straight through."""
+    seconds; every other call of L{IDirectory} and L{IQueue} goes straight
+    through, and a committed enqueue calls L{after_enqueue}.
+
+    An answer is kept as the store gave it, whatever its shape, and shared by
+    every caller of the same look-up with the same arguments until it
+    expires: callers must not change it.
+    """
 
     def __init__(self, store, clock, ttl: float = TTL):
+        """
+        @param store: the L{IDirectory} and L{IQueue} that does the work.
+        @param clock: an C{IReactorTime}, for the answers' age.
+        @param ttl: how long an answer is reused, in seconds.
+        """
         self._store = store
         self._clock = clock
         self._ttl = ttl
@@ -31,6 +47,41 @@ class CachingDirectory:
         self._pending = {}              # (name, args) -> [waiting Deferreds]
         #: called after each committed enqueue (the relay's wake), or None
         self.after_enqueue = None
+
+    # IDirectory: the look-ups of L{CACHED}
+
+    def credential_by_key(self, key, type):
+        return self._lookup("credential_by_key", (key, type),
+                            self._store.credential_by_key)
+
+    def credential_by_id(self, credential_id):
+        return self._lookup("credential_by_id", (credential_id,),
+                            self._store.credential_by_id)
+
+    def credentials_of_server(self, organization, server, type):
+        return self._lookup("credentials_of_server", (organization, server, type),
+                            self._store.credentials_of_server)
+
+    def credential_for_address(self, address):
+        return self._lookup("credential_for_address", (address,),
+                            self._store.credential_for_address)
+
+    def server_by_id(self, server_id):
+        return self._lookup("server_by_id", (server_id,), self._store.server_by_id)
+
+    def authorised_domains(self, server_id):
+        return self._lookup("authorised_domains", (server_id,),
+                            self._store.authorised_domains)
+
+    # IDirectory: straight through (writes, and a count that must be current)
+
+    def touch_credential(self, credential_id, when):
+        return self._store.touch_credential(credential_id, when)
+
+    def messages_since(self, server_id, since):
+        return self._store.messages_since(server_id, since)
+
+    # IQueue: straight through
 
     def enqueue(self, envelope, body):
         d = self._store.enqueue(envelope, body)
@@ -42,17 +93,27 @@ class CachingDirectory:
         self.after_enqueue()
         return result
 
-    def __getattr__(self, name):
-        target = getattr(self._store, name)
-        if name not in CACHED:
-            return target
+    def list_entries(self, status=None, server=None, limit=None):
+        return self._store.list_entries(status=status, server=server, limit=limit)
 
-        def cached(*args):
-            return self._lookup(name, args, target)
-        setattr(self, name, cached)
-        return cached
+    def get_entry(self, entry_id):
+        return self._store.get_entry(entry_id)
+
+    def queue_counts(self):
+        return self._store.queue_counts()
+
+    def ping(self):
+        return self._store.ping()
+
+    def read_body(self, message_id):
+        return self._store.read_body(message_id)
+
+    # the cache
 
     def _lookup(self, name, args, target):
+        """The answer of C{target(*args)}: from memory while fresh, else from
+        the query already under way for the same C{(name, args)}, else from a
+        new one."""
         key = (name, args)
         now = self._clock.seconds()
         hit = self._answers.get(key)
