@@ -5,7 +5,6 @@ transactions in flight finish within the grace period, 421 to idle sessions,
 then close the store)."""
 from __future__ import annotations
 
-import os
 import signal
 
 from twisted.application import internet, service
