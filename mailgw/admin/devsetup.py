@@ -20,6 +20,7 @@ from pathlib import Path
 from mailgw.config import ConfigError, load_config
 from mailgw.interfaces import StoreUnavailable
 from mailgw.model import generate_key
+from mailgw.store.files import private_directory
 
 DEMO_ORG, DEMO_SERVER, DEMO_DOMAIN, DEMO_CREDENTIAL = "demo", "main", "example.com", "demo"
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(path)
         if config.tls is not None:
             ensure_certificate(config.tls.certificate, config.tls.private_key)
-        os.makedirs(config.spool_directory, exist_ok=True)
+        private_directory(config.spool_directory)
         key = prepare_store(config)
     except (ConfigError, StoreUnavailable, ValueError, LookupError, OSError) as e:
         print(f"devsetup: {e}", file=sys.stderr)
