@@ -104,6 +104,16 @@ def seed_tenancy(store):
             "other_key": other_key.key, "ip_credential": ip}
 
 
+@defer.inlineCallbacks
+def stored_messages(store):
+    """Every queue entry and, for each, its stored body (in the same order)."""
+    entries = yield store.list_entries()
+    bodies = []
+    for entry in entries:
+        bodies.append((yield store.read_body(entry.message_id)))
+    return entries, bodies
+
+
 def b64(data) -> str:
     if isinstance(data, str):
         data = data.encode()

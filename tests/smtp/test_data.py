@@ -9,7 +9,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailgw.smtp.body import BodyDecoder
-from tests.helpers import on_postgres, HOSTNAME, Harness, b64, make_store, seed_tenancy
+from tests.helpers import (
+    HOSTNAME, Harness, b64, make_store, on_postgres, seed_tenancy, stored_messages,
+)
 
 KEY = "K" * 24
 HEADERS = "From: Sender <me@good.example>\r\nTo: you@dest.example\r\nSubject: hi\r\n\r\n"
@@ -38,13 +40,8 @@ class DataTestBase(unittest.TestCase):
         final = yield self.h.send(body)
         return final
 
-    @defer.inlineCallbacks
     def stored(self):
-        entries = yield self.store.list_entries()
-        bodies = []
-        for entry in entries:
-            bodies.append((yield self.store.read_body(entry.message_id)))
-        return entries, bodies
+        return stored_messages(self.store)
 
 
 class AcceptTests(DataTestBase):

@@ -14,7 +14,9 @@ from twisted.logger import globalLogPublisher, formatEvent
 from twisted.trial import unittest
 
 from mailgw.auth.throttle import FailureThrottle
-from tests.helpers import Harness, b64, cram_answer, make_store, on_postgres, seed_tenancy
+from tests.helpers import (
+    Harness, b64, cram_answer, make_store, on_postgres, seed_tenancy, stored_messages,
+)
 
 KEY = "K" * 24
 QUEUED = re.compile(rb"^250 OK: queued as [A-Z0-9]{12}$")
@@ -47,13 +49,8 @@ class DefenceTestBase(unittest.TestCase):
         [final] = yield self.h.send(message + b"\r\n.\r\n")
         return final
 
-    @defer.inlineCallbacks
     def stored(self):
-        entries = yield self.store.list_entries()
-        bodies = []
-        for entry in entries:
-            bodies.append((yield self.store.read_body(entry.message_id)))
-        return entries, bodies
+        return stored_messages(self.store)
 
 
 class HeaderSectionTests(DefenceTestBase):
