@@ -53,6 +53,10 @@ def _networks(values):
     return None
 
 
+def _prefix_length(v):
+    return None if 1 <= v <= 128 else "must be between 1 and 128"
+
+
 def _check(fn):
     return {"check": fn}
 
@@ -67,6 +71,9 @@ class DatabaseConfig:
     url: str = "sqlite:var/mailgw.sqlite3"
     #: connections to PostgreSQL (SQLite always uses one writer)
     pool_size: int = field(default=4, metadata=_check(_positive))
+    #: seconds a store operation may wait (a locked SQLite file, a slow
+    #: PostgreSQL) before the client gets 451
+    store_timeout: float = field(default=5.0, metadata=_check(_positive))
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,10 @@ class ListenerConfig:
     idle_timeout: float = field(default=300.0, metadata=_check(_positive))
     data_timeout: float = field(default=300.0, metadata=_check(_positive))
     tls_handshake_timeout: float = field(default=30.0, metadata=_check(_positive))
+    #: bytes per second a client must keep up during DATA, on top of data_timeout
+    min_data_rate: int = field(default=1024, metadata=_check(_non_negative))
+    #: seconds a whole session may last (0: no limit)
+    max_session_time: float = field(default=0.0, metadata=_check(_non_negative))
 
     @property
     def requires_tls_for_auth(self) -> bool:
@@ -126,6 +137,12 @@ class AuthThrottleConfig:
     window: float = field(default=600.0, metadata=_check(_positive))
     lockout: float = field(default=900.0, metadata=_check(_non_negative))
     exempt: tuple[str, ...] = field(default=(), metadata=_check(_networks))
+    #: IPv6 clients are counted per prefix of this length (one /64 is one site)
+    ipv6_prefix: int = field(default=64, metadata=_check(_prefix_length))
+    #: attempts without any key (RCPT TO without authentication, an API call
+    #: without X-Server-API-Key) allowed per address within the window; past
+    #: it only such attempts are refused, so working keys are never locked out
+    anonymous_max_failures: int = field(default=100, metadata=_check(_positive))
 
 
 def _host_port(value):
@@ -178,6 +195,14 @@ class HTTPAPIConfig:
     endpoint: str = "tcp:8025:interface=127.0.0.1"
     #: serve HTTPS with the [tls] certificate
     tls: bool = False
+    #: open API connections, in all and from one client address
+    max_connections: int = field(default=1000, metadata=_check(_positive))
+    max_connections_per_ip: int = field(default=50, metadata=_check(_positive))
+    #: seconds a connection may sit idle between requests
+    idle_timeout: float = field(default=60.0, metadata=_check(_positive))
+    #: seconds to send a request's headers, and its whole body
+    header_timeout: float = field(default=30.0, metadata=_check(_positive))
+    body_timeout: float = field(default=300.0, metadata=_check(_positive))
 
 
 @dataclass(frozen=True)
