@@ -41,6 +41,8 @@ def protocol_settings(config: Config, listener) -> ProtocolSettings:
         auth_requires_tls=listener.requires_tls_for_auth,
         idle_timeout=listener.idle_timeout,
         data_timeout=listener.data_timeout,
+        min_data_rate=listener.min_data_rate,
+        max_session_time=listener.max_session_time,
         tls_handshake_timeout=listener.tls_handshake_timeout,
         max_connections=listener.max_connections,
         max_connections_per_ip=listener.max_connections_per_ip,

@@ -15,6 +15,7 @@ from mailgw.smtp import replies
 from mailgw.submission import (
     QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
     MalformedHeaderSection, MessageTooLarge, Refusal, SenderNotAuthorised, ServerSuspended,
+    SpoolFailure,
 )
 
 log = Logger()
@@ -28,6 +29,8 @@ def reply_for(refusal: Refusal) -> replies.SMTPReply:
         return replies.header_section_too_large(refusal.max_size)
     if isinstance(refusal, MalformedHeaderSection):
         return replies.header_section_not_valid(refusal.what)
+    if isinstance(refusal, SpoolFailure):
+        return replies.INSUFFICIENT_STORAGE if refusal.full else replies.TEMPORARY_FAILURE
     return _FIXED[type(refusal)]
 
 

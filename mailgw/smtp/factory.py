@@ -22,6 +22,8 @@ class ProtocolSettings:
     auth_requires_tls: bool = False
     idle_timeout: float = 300.0
     data_timeout: float = 300.0
+    min_data_rate: int = 1024
+    max_session_time: float = 0.0
     tls_handshake_timeout: float = 30.0
     max_connections: int = 1000
     max_connections_per_ip: int = 50

@@ -56,7 +56,10 @@ class SubmissionProtocol(Protocol):
         self._buffer = bytearray()
         self._mode = COMMAND
         self._busy = self._pumping = self._discarding = self._paused = False
-        self._timer = self._handshake_timer = None
+        self._timer = self._handshake_timer = self._session_timer = None
+        self._timeout_reason = "idle"
+        self._data_started = 0.0
+        self._data_bytes = 0
         self._bare_lf_logged = False
         self._draining = False
         #: fires when the connection is gone (for a graceful shutdown)
@@ -86,15 +89,18 @@ class SubmissionProtocol(Protocol):
         self.metrics.connections.inc()
         if implicit:
             self._start_handshake_timer()
+        if self.settings.max_session_time:
+            self._session_timer = self._clock.callLater(
+                self.settings.max_session_time, self._timed_out, "session time limit")
         self._log("connection from {ip}", ip=self.client_ip)
         self._reply(replies.greeting(self.settings.hostname, self.session.trace_id))
-        self._reset_timer()
+        self._await_command()
 
     def connectionLost(self, reason=None):
         self._mode = CLOSED
         if not self.closed.called:
             self.closed.callback(None)
-        for timer in (self._timer, self._handshake_timer):
+        for timer in (self._timer, self._handshake_timer, self._session_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._reset_transaction()
@@ -115,18 +121,35 @@ class SubmissionProtocol(Protocol):
 
     # -- timers -------------------------------------------------------------
 
-    def _reset_timer(self):
-        seconds = (self.settings.data_timeout if self._mode == DATA
-                   else self.settings.idle_timeout)
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self._clock.callLater(seconds, self._timed_out)
+    # Deadlines, not idle timers (docs/smtp.md §9): a client that trickles a
+    # byte now and then must not hold its session for ever.
 
-    def _timed_out(self):
+    def _arm(self, seconds: float, reason: str):
+        self._timeout_reason = reason
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(max(0.0, seconds))
+        else:
+            self._timer = self._clock.callLater(max(0.0, seconds), self._timed_out)
+
+    def _await_command(self):
+        """Nothing of the next command has arrived: it has idle_timeout to come
+        whole (the deadline is not moved by its bytes, see L{dataReceived})."""
+        self._arm(self.settings.idle_timeout, "command not complete in time")
+
+    def _arm_data_deadline(self):
+        """DATA may take data_timeout, plus its bytes so far at min_data_rate
+        (as Postfix's smtpd_min_data_rate); without a rate, data_timeout
+        between chunks."""
+        rate = self.settings.min_data_rate
+        if not rate:
+            return self._arm(self.settings.data_timeout, "no message data in time")
+        deadline = self._data_started + self.settings.data_timeout + self._data_bytes / rate
+        self._arm(deadline - self._clock.seconds(), "message data slower than the minimum rate")
+
+    def _timed_out(self, reason=None):
         if self._mode == CLOSED:
             return
-        self._log("timeout")
+        self._log("timeout: {reason}", reason=reason or self._timeout_reason)
         self._reply(replies.timeout(self.settings.hostname))
         self._close()
 
@@ -147,7 +170,12 @@ class SubmissionProtocol(Protocol):
     def dataReceived(self, data: bytes):
         if self._mode == CLOSED:
             return
-        self._reset_timer()
+        if self._mode == DATA:
+            self._data_bytes += len(data)
+            self._arm_data_deadline()
+        elif not self._buffer:
+            # The first byte of a command line: the line has idle_timeout from now.
+            self._await_command()
         self._buffer += data
         self._pump()
 
@@ -183,6 +211,8 @@ class SubmissionProtocol(Protocol):
                     self._handle_line(line)
         finally:
             self._pumping = False
+        if self._mode in (COMMAND, AUTH) and not self._buffer:
+            self._await_command()
         self._flow_control()
 
     def _flow_control(self):
@@ -214,6 +244,13 @@ class SubmissionProtocol(Protocol):
             self._log("command line ended by a bare LF")
         if self._discarding or len(line) > MAX_LINE:
             self._discarding = False
+            if self._mode == AUTH:
+                # An answer too long to be one ends the exchange: the next
+                # lines are commands again, not answers (RFC 4954 §4).
+                self._mode, self._challenger = COMMAND, None
+                if not self._auth_failure_logged():
+                    self._reply(replies.AUTH_LINE_TOO_LONG)
+                return False
             self._reply(replies.LINE_TOO_LONG)
             return False
         return line
@@ -574,7 +611,9 @@ class SubmissionProtocol(Protocol):
         self._body = BodyDecoder()
         self._mode = DATA
         self._reply(replies.GO_AHEAD)
-        self._reset_timer()
+        self._data_started = self._clock.seconds()
+        self._data_bytes = len(self._buffer)
+        self._arm_data_deadline()
 
     def _feed_body(self) -> bool:
         """Move buffered bytes into the message; True once the end was seen
@@ -609,7 +648,7 @@ class SubmissionProtocol(Protocol):
 
     def _transaction_over(self, result):
         self._reset_transaction()
-        self._reset_timer()
+        self._await_command()
         return result
 
 

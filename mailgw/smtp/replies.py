@@ -54,6 +54,7 @@ AUTH_ALREADY = R(503, "Already authenticated")
 AUTH_IN_TRANSACTION = R(503, "AUTH not permitted during a mail transaction")
 AUTH_NEEDS_TLS = R(530, "Must issue a STARTTLS command first")
 AUTH_CANCELLED = R(501, "Authentication cancelled")
+AUTH_LINE_TOO_LONG = R(501, "Line too long, authentication cancelled")
 AUTH_BAD_BASE64 = R(501, "Invalid base64 data")
 AUTH_PLAIN_MALFORMED = R(501, "Malformed AUTH PLAIN response")
 AUTH_INVALID_CREDENTIAL = R(535, "Invalid credential")
@@ -65,6 +66,7 @@ LOOP_DETECTED = R(550, "Loop detected")
 NUL_IN_BODY = R(554, "Message body contains a NUL byte")
 SENDER_NOT_VALID = R(530, "From/Sender name is not valid")
 TEMPORARY_FAILURE = R(451, "Temporary failure, please try again later")
+INSUFFICIENT_STORAGE = R(452, "Insufficient system storage")
 
 
 def granted(full_name: str) -> SMTPReply:

@@ -17,11 +17,12 @@ from mailgw.submission.message import IncomingMessage
 from mailgw.submission.refusals import (
     CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
     MalformedHeaderSection, MessageTooLarge, Refusal, SenderNotAuthorised, ServerSuspended,
+    SpoolFailure,
 )
 
 __all__ = [
     "CoreSettings", "CredentialGone", "HeaderSectionTooLarge", "IncomingMessage",
     "LoopDetected", "MalformedBody", "MalformedHeaderSection", "MessageTooLarge",
     "QUEUE_ID_LENGTH", "Refusal", "SenderNotAuthorised", "ServerSuspended",
-    "SubmissionCore", "received_header",
+    "SpoolFailure", "SubmissionCore", "received_header",
 ]

@@ -16,7 +16,7 @@ import tempfile
 
 from mailgw.submission.headers import HEAD_END, canonical_header_section, parse_fields
 from mailgw.submission.refusals import (
-    HeaderSectionTooLarge, MalformedBody, MessageTooLarge, Refusal,
+    HeaderSectionTooLarge, MalformedBody, MessageTooLarge, Refusal, SpoolFailure,
 )
 
 #: bodies up to this size never touch the disk before the commit
@@ -106,7 +106,12 @@ class IncomingMessage:
         self.size += len(data)
         self._last = data[-1:] or self._last
         if self._refusal is None and self.size <= self._max_size:
-            self.spool.write(data)
+            try:
+                self.spool.write(data)
+            except OSError as e:
+                # A full disk must cost the client a 452, not its connection.
+                self._refuse(SpoolFailure(e))
+                self.spool.close()
 
     def _refuse(self, refusal: Refusal) -> None:
         if self._refusal is None:
@@ -129,7 +134,7 @@ class IncomingMessage:
             self._store(b"\r\n")
         elif self._last != b"\n":
             self._store(b"\r\n")
-        if self.size > self._max_size:
+        if self.size > self._max_size and not isinstance(self._refusal, SpoolFailure):
             raise MessageTooLarge(self._max_size)
         if self._refusal is not None:
             raise self._refusal

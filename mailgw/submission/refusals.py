@@ -7,6 +7,8 @@ contains message content or a secret.
 """
 from __future__ import annotations
 
+import errno
+
 
 class Refusal(Exception):
     """The submission is refused; nothing of it was stored.
@@ -67,6 +69,22 @@ class MalformedBody(Refusal):
     """The body holds a NUL byte, which RFC 5322 §3.5 and RFC 6152 exclude."""
 
     reason = "NUL byte in body"
+
+
+class SpoolFailure(Refusal):
+    """The spool could not take the message (a full disk, an I/O error):
+    a temporary failure; nothing was stored.
+
+    @ivar full: the disk or quota is full (C{ENOSPC}, C{EDQUOT}).
+    """
+
+    def __init__(self, error: OSError):
+        super().__init__(error.errno)
+        self.full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+    @property
+    def reason(self) -> str:
+        return "spool full" if self.full else "spool not writable"
 
 
 class LoopDetected(Refusal):

@@ -37,6 +37,7 @@ from mailgw.model import generate_token
 from mailgw.submission import (
     QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
     MalformedHeaderSection, MessageTooLarge, Refusal, SenderNotAuthorised, ServerSuspended,
+    SpoolFailure,
 )
 from mailgw.web.compose import (
     APIError, ParameterError, compose_message, parse_params, raw_submission, too_large,
@@ -64,6 +65,8 @@ def error_for(refusal: Refusal) -> APIError:
         return APIError("MalformedMessage", f"Header section not valid: {refusal.what}")
     if isinstance(refusal, MalformedBody):
         return APIError("MalformedMessage", "Message body contains a NUL byte")
+    if isinstance(refusal, SpoolFailure):
+        return APIError("TemporaryFailure")
     return APIError(_FIXED[type(refusal)])
 
 

@@ -121,9 +121,11 @@ class StartTLSTests(unittest.TestCase):
         yield self.h.send(b"Subject: partial\r\n")
         self.h.clock.advance(299)
         yield self.h.send(b"more\r\n")
-        self.h.clock.advance(299)
+        # New bytes do not start the clock again: DATA has data_timeout plus
+        # its 25 bytes at 1024 bytes/s from the 354.
+        self.h.clock.advance(0.9)
         self.assertFalse(self.h.transport.disconnecting)
-        self.h.clock.advance(2)
+        self.h.clock.advance(0.2)
         self.assertEqual(self.h.take(), [f"421 {HOSTNAME} Timeout, closing connection".encode()])
         self.assertEqual((yield self.store.list_entries()), [])
 
