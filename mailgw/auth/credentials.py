@@ -23,6 +23,7 @@ class IKeyCredentials(ICredentials):
     """A credential key given as a password (PLAIN and LOGIN)."""
     mechanism = Attribute("'PLAIN' or 'LOGIN'")
     key = Attribute("the key (str)")
+    user = Attribute("the user name the client gave (str), for log lines only")
 
 
 class ICramMD5Credentials(ICredentials):
@@ -44,6 +45,11 @@ class IClientAddress(ICredentials):
     address = Attribute("IPv4 or IPv6 address (str)")
 
 
+def _user(raw: bytes) -> str:
+    # Only logged (made printable there); any bytes will do.
+    return raw.decode("utf-8", "replace")
+
+
 def _text(raw: bytes) -> str:
     # A key or user name that is not UTF-8 can match nothing: it is a
     # malformed response (501/535, counted as a failure), not an internal error.
@@ -60,7 +66,7 @@ class PlainCredentials:
     mechanism = "PLAIN"
 
     def __init__(self):
-        self.key = None
+        self.key = self.user = None
 
     def getChallenge(self) -> bytes:
         return b""
@@ -69,6 +75,7 @@ class PlainCredentials:
         parts = response.split(b"\0")
         if len(parts) != 3:
             raise MalformedResponse("PLAIN response needs authzid NUL authcid NUL password")
+        self.user = _user(parts[1])
         self.key = _text(parts[2])
 
     def moreChallenges(self) -> bool:
@@ -86,13 +93,15 @@ class LoginCredentials:
 
     def __init__(self):
         self._answers = []
-        self.key = None
+        self.key = self.user = None
 
     def getChallenge(self) -> bytes:
         return self._prompts[len(self._answers)]
 
     def setResponse(self, response: bytes) -> None:
         self._answers.append(response)
+        if len(self._answers) == 1:
+            self.user = _user(response)
         if len(self._answers) == 2:
             self.key = _text(self._answers[1])
 
@@ -111,7 +120,7 @@ class CramMD5Credentials:
 
     def __init__(self, hostname: str):
         self.challenge = f"<{secrets.token_hex(16)}@{hostname}>".encode("ascii")
-        self.organization = self.server = self.digest = None
+        self.organization = self.server = self.digest = self.user = None
         self._answered = False
 
     def getChallenge(self) -> bytes:
@@ -119,6 +128,7 @@ class CramMD5Credentials:
 
     def setResponse(self, response: bytes) -> None:
         self._answered = True
+        self.user = _user(response.rpartition(b" ")[0])
         user, space, digest = _text(response).rpartition(" ")
         if not space or not user or not digest:
             raise MalformedResponse("CRAM-MD5 response needs 'user digest'")
@@ -155,6 +165,7 @@ class APIKey:
 
     def __init__(self, key: str):
         self.key = key
+        self.user = None
 
     def __repr__(self):
         return "<APIKey>"

@@ -65,6 +65,7 @@ class SubmissionProtocol(Protocol):
         #: fires when the connection is gone (for a graceful shutdown)
         self.closed = defer.Deferred()
         self.session = None
+        self._attempts = None
         self.avatar = None
         self._logout = None
         self._challenger = None
@@ -76,8 +77,11 @@ class SubmissionProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "0.0.0.0")
         implicit = ISSLTransport.providedBy(self.transport)
-        self.session = Session(generate_token(8), self.settings.hostname,
-                               self.client_ip, tls=implicit)
+        trace_id = generate_token(8)
+        #: failed AUTH attempts, forgiven if this connection authenticates
+        self._attempts = self.factory.guard.attempts(self.client_ip, trace_id)
+        self.session = Session(trace_id, self.settings.hostname, self.client_ip,
+                               tls=implicit, attempts=self._attempts)
         if not self.factory.admit(self):
             self.metrics.refused_connections.labels("too many connections").inc()
             self._reply(replies.too_many_connections(self.settings.hostname))
@@ -105,6 +109,8 @@ class SubmissionProtocol(Protocol):
                 timer.cancel()
         self._reset_transaction()
         self._set_avatar(None, None)
+        if self._attempts is not None:
+            self._attempts.count()  # no AUTH followed them: they count now
         self.factory.release(self)
 
     def handshakeCompleted(self):
@@ -247,8 +253,9 @@ class SubmissionProtocol(Protocol):
             if self._mode == AUTH:
                 # An answer too long to be one ends the exchange: the next
                 # lines are commands again, not answers (RFC 4954 §4).
+                mechanism = self._challenger.mechanism
                 self._mode, self._challenger = COMMAND, None
-                if not self._auth_failure_logged():
+                if not self._auth_failure_logged(mechanism):
                     self._reply(replies.AUTH_LINE_TOO_LONG)
                 return False
             self._reply(replies.LINE_TOO_LONG)
@@ -390,7 +397,7 @@ class SubmissionProtocol(Protocol):
         self._reset_transaction()
         self._set_avatar(None, None)
         self.session = Session(self.session.trace_id, self.settings.hostname,
-                               self.client_ip, tls=True)
+                               self.client_ip, tls=True, attempts=self._attempts)
         self.transport.startTLS(self.factory.tls_options.server_options())
         self._start_handshake_timer()
 
@@ -443,10 +450,10 @@ class SubmissionProtocol(Protocol):
         except MalformedResponse:
             self._challenger = None
             if challenger.mechanism == "PLAIN":
-                if not self._auth_failure_logged():
+                if not self._auth_failure_logged("PLAIN", challenger.user):
                     self._reply(replies.AUTH_PLAIN_MALFORMED)
                 return
-            return self._auth_failed(challenger.mechanism)
+            return self._auth_failed(challenger.mechanism, challenger.user)
         if challenger.moreChallenges():
             return self._challenge()
         self._challenger = None
@@ -472,29 +479,31 @@ class SubmissionProtocol(Protocol):
         self.metrics.auth.labels(mechanism, "failure").inc()
         if self._mode == CLOSED:
             return
-        if failure.check(LockedOut) and self._throttled():
-            return
+        if failure.check(LockedOut):
+            return self._locked_out()
         self._reply(_DENIED[mechanism])
 
-    def _auth_failure_logged(self):
-        """Log and count one failure that no checker saw (a malformed
-        response); True when the client is now locked out (it has been told
-        so, and is being disconnected)."""
-        if self.factory.guard.failed(self.client_ip, self.session.trace_id):
-            return self._throttled()
+    def _auth_failure_logged(self, mechanism, user=None):
+        """Record one failure that no checker saw (a malformed response);
+        True when the client is now locked out (it has been told so, and is
+        being disconnected)."""
+        if self._attempts.failed(mechanism, user):
+            return self._locked_out()
         return False
 
     def _throttled(self) -> bool:
-        if not self.factory.guard.locked(self.client_ip):
-            return False
+        """Refuse the client if its address is locked out of authenticating."""
+        return self.factory.guard.locked(self.client_ip) and self._locked_out()
+
+    def _locked_out(self) -> bool:
         self._log("locked out after too many authentication failures")
         self._reply(replies.too_many_auth_failures(self.settings.hostname))
         self._close()
         return True
 
-    def _auth_failed(self, mechanism):
+    def _auth_failed(self, mechanism, user=None):
         self.metrics.auth.labels(mechanism, "failure").inc()
-        if self._auth_failure_logged():
+        if self._auth_failure_logged(mechanism, user):
             return
         self._reply(_DENIED[mechanism])
 
@@ -581,7 +590,8 @@ class SubmissionProtocol(Protocol):
             failure.trap(UnauthorizedLogin)
             if self._mode == CLOSED:
                 return None
-            if failure.check(LockedOut) and self._throttled():
+            if failure.check(LockedOut):
+                self._locked_out()
                 return None
             raise replies.AUTH_REQUIRED
         return d.addCallbacks(bound, refused)

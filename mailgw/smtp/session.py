@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass
 class Session:
+    """The facts of one connection (also the mind of its logins)."""
+
     trace_id: str
     hostname: str
     client_ip: str
@@ -15,6 +17,8 @@ class Session:
     tls: bool = False
     #: the mechanism that authenticated the session, "IP", or None
     mechanism: str | None = None
+    #: the connection's L{mailgw.auth.guard.ConnectionAttempts}
+    attempts: object = None
 
     @property
     def protocol_word(self) -> str:

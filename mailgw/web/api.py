@@ -84,6 +84,7 @@ class APIRequest:
 
     client_ip: str
     trace_id: str
+    attempts: object
 
 
 def client_ip(request) -> str:
@@ -174,20 +175,21 @@ class SendAPI(Resource):
             with the L{APIError} to answer.
         """
         guard = self._portal.guard
-        if guard.locked(ip):
-            raise APIError("TooManyAuthenticationFailures")
         raw = request.getHeader(b"x-server-api-key")
         if not raw:
-            # No checker sees a missing key; it counts all the same.
-            locked = guard.failed(ip, trace)
-            raise APIError("TooManyAuthenticationFailures" if locked else "AccessDenied")
+            # No key at all: the keyless budget, which never locks out keys.
+            if guard.anonymous_locked(ip) or guard.anonymous_failed(
+                    ip, trace, "API call without X-Server-API-Key"):
+                raise APIError("TooManyAuthenticationFailures")
+            raise APIError("AccessDenied")
         try:
             key = raw.decode("ascii")
         except UnicodeDecodeError:
             key = ""  # matches no key: a failure like any wrong key
+        # A request is its own connection: nothing can follow a failure in it.
+        mind = APIRequest(ip, trace, guard.attempts(ip, trace, forgivable=0))
         try:
-            _, client, _ = yield self._portal.login(APIKey(key), APIRequest(ip, trace),
-                                                    IAPIClient)
+            _, client, _ = yield self._portal.login(APIKey(key), mind, IAPIClient)
         except LockedOut:
             raise APIError("TooManyAuthenticationFailures") from None
         except UnauthorizedLogin:

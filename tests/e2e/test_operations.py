@@ -96,7 +96,7 @@ class JSONLogTests(GatewayTestBase):
         self.assertTrue(all({"time", "level", "namespace", "message"} <= r.keys()
                             for r in records))
         [failure] = [r for r in records if r["message"].endswith(
-            "Authentication failure for 127.0.0.1")]
+            'Authentication failure for 127.0.0.1 (PLAIN, user "any")')]
         self.assertRegex(failure["trace"], r"^[A-Z0-9]{8}$")
         self.assertEqual(failure["level"], "warn")
         self.assertTrue(any(r["message"].startswith("listening on ") for r in records))

@@ -287,8 +287,11 @@ class AuthTests(ProtocolTestBase):
         secret = "S3cretKeyValue0000000000"
         yield self.lines("AUTH PLAIN " + b64(f"\0x\0{secret}"))
         yield self.lines("AUTH LOGIN", b64("u"), b64(secret))
+        self.h.protocol.connectionLost(None)  # no AUTH followed: now they count
         text = [formatEvent(e) for e in events]
-        self.assertEqual(sum(t.endswith("Authentication failure for 192.0.2.7") for t in text), 2)
+        self.assertEqual([t for t in text if "Authentication failure for" in t], [
+            f"[{self.h.protocol.session.trace_id}] Authentication failure for 192.0.2.7 "
+            + detail for detail in ('(PLAIN, user "x")', '(LOGIN, user "u")')])
         for t in text:
             self.assertNotIn(secret, t)
             self.assertNotIn(b64(secret), t)

@@ -80,6 +80,14 @@ def exchange(port, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def fail2ban_pattern():
+    """The shipped fail2ban filter's failregex, with <HOST> as a named group."""
+    parser = configparser.RawConfigParser()
+    parser.read(os.path.join(ROOT, "etc", "fail2ban", "filter.d", "mailgw.conf"))
+    failregex = parser.get("Definition", "failregex").strip()
+    return re.compile(failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)"))
+
+
 def core_of(store, config):
     """The submission core the gateway would build for C{config}."""
     return SubmissionCore(store, reactor, CoreSettings(
@@ -134,7 +142,7 @@ class APITestBase(unittest.TestCase):
         self.serve(self.store)
 
     def serve(self, store):
-        guard = AuthenticationGuard(self.throttle)
+        self.guard = guard = AuthenticationGuard(self.throttle)
         portal = build_portal(store, reactor, None, guard)
         site = build_api_site(portal, core_of(store, self.config), self.config, reactor)
         tracker = ConnectionTracker(site)
@@ -218,16 +226,22 @@ def simple(**extra):
 
 class AuthenticationTests(APITestBase):
     @defer.inlineCallbacks
-    def test_missing_header_is_access_denied_and_a_failure(self):
+    def test_missing_header_is_access_denied_and_a_keyless_attempt(self):
         answer = yield self.assert_error("AccessDenied", MESSAGE, simple(), key=None)
         self.assertEqual(answer["data"]["message"], "Must be authenticated as a server.")
+        self.assertEqual(self.auth_failures(), [])
+        lines = [formatEvent(e) for e in self.log]
+        [line] = [t for t in lines if "Unauthenticated attempt from" in t]
+        self.assertRegex(line, r"^\[[A-Z0-9]{8}\] Unauthenticated attempt from 127\.0\.0\.1: ")
+        self.assertIsNone(fail2ban_pattern().search(line), "fail2ban does not ban for it")
+
+    @defer.inlineCallbacks
+    def test_wrong_key_is_a_failure_fail2ban_sees(self):
+        yield self.assert_error("InvalidServerAPIKey", MESSAGE, simple(), key="Z" * 24)
         [line] = self.auth_failures()
-        self.assertRegex(line, r"^\[[A-Z0-9]{8}\] Authentication failure for 127\.0\.0\.1$")
-        parser = configparser.RawConfigParser()
-        parser.read(os.path.join(ROOT, "etc", "fail2ban", "filter.d", "mailgw.conf"))
-        failregex = parser.get("Definition", "failregex").strip()
-        match = re.search(failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F.:]+)"), line)
-        self.assertEqual(match.group("host"), "127.0.0.1", "fail2ban's filter bans it")
+        self.assertRegex(line, r"^\[[A-Z0-9]{8}\] Authentication failure for 127\.0\.0\.1 "
+                               r"\(API, user -\)$")
+        self.assertEqual(fail2ban_pattern().search(line).group("host"), "127.0.0.1")
 
     @defer.inlineCallbacks
     def test_unknown_key(self):
@@ -269,13 +283,24 @@ class AuthenticationTests(APITestBase):
     @defer.inlineCallbacks
     def test_throttled_after_three_failures_even_with_the_right_key(self):
         yield self.assert_error("InvalidServerAPIKey", MESSAGE, simple(), key="x")
-        yield self.assert_error("AccessDenied", MESSAGE, simple(), key=None)
-        yield self.assert_error("TooManyAuthenticationFailures", MESSAGE, simple(), key="y")
+        yield self.assert_error("AccessDenied", MESSAGE, simple(), key=None)  # keyless
+        yield self.assert_error("InvalidServerAPIKey", MESSAGE, simple(), key="y")
+        yield self.assert_error("TooManyAuthenticationFailures", MESSAGE, simple(), key="z")
         yield self.assert_error("TooManyAuthenticationFailures", MESSAGE, simple())
         self.assertEqual(len(self.auth_failures()), 3)
         self.throttle._clock.advance(self.throttle.lockout)
         answer = yield self.call(MESSAGE, simple())
         self.assertEqual(answer["status"], "success")
+
+    @defer.inlineCallbacks
+    def test_keyless_calls_never_lock_out_working_keys(self):
+        self.guard.anonymous = FailureThrottle(self.throttle._clock, max_failures=3)
+        for code in ("AccessDenied", "AccessDenied", "TooManyAuthenticationFailures",
+                     "TooManyAuthenticationFailures"):
+            yield self.assert_error(code, MESSAGE, simple(), key=None)
+        answer = yield self.call(MESSAGE, simple())
+        self.assertEqual(answer["status"], "success")
+        self.assertEqual(self.auth_failures(), [])
 
     @defer.inlineCallbacks
     def test_failures_from_smtp_count_too(self):
