@@ -81,8 +81,13 @@ class TLSConfig:
     certificate: str = field(default="", metadata=_path())
     private_key: str = field(default="", metadata=_path())
     min_version: str = field(default="1.2", metadata=_check(_one_of("1.2", "1.3")))
-    #: OpenSSL cipher string for TLS <= 1.2; empty means Twisted's safe default
+    #: OpenSSL cipher string for TLS 1.2; empty means Mozilla's "intermediate"
+    #: list (ECDHE with AEAD ciphers only)
     ciphers: str = ""
+    #: key exchange groups, most preferred first
+    curves: tuple[str, ...] = ("X25519", "P-256", "P-384")
+    #: warn (log and metric) when the certificate expires within this many days
+    expiry_warning_days: int = field(default=14, metadata=_check(_non_negative))
     #: seconds between checks of the files' modification time (0: never)
     reload_interval: float = field(default=60.0, metadata=_check(_non_negative))
 
