@@ -60,19 +60,26 @@ class SubmissionFactory(Factory):
     def buildProtocol(self, addr):
         return self.protocol(self)
 
-    def admit(self, protocol) -> bool:
-        """Count a new connection; False when a cap is reached."""
+    def admit(self, protocol) -> str | None:
+        """Count a new connection.
+
+        @return: C{None}, or why it is refused (the cap it would pass).
+        """
         ip = protocol.client_ip
-        if (self.total >= self.settings.max_connections
-                or self.connections[ip] >= self.settings.max_connections_per_ip):
+        refused = None
+        if self.total >= self.settings.max_connections:
+            refused = "too many connections"
+        elif self.connections[ip] >= self.settings.max_connections_per_ip:
+            refused = "too many connections from this address"
+        if refused is not None:
             protocol._admitted = False
-            return False
+            return refused
         protocol._admitted = True
         self.total += 1
         self.connections[ip] += 1
         self.sessions.add(protocol)
         self.metrics.open_connections.inc()
-        return True
+        return None
 
     def release(self, protocol) -> None:
         if not getattr(protocol, "_admitted", False):

@@ -82,8 +82,10 @@ class SubmissionProtocol(Protocol):
         self._attempts = self.factory.guard.attempts(self.client_ip, trace_id)
         self.session = Session(trace_id, self.settings.hostname, self.client_ip,
                                tls=implicit, attempts=self._attempts)
-        if not self.factory.admit(self):
-            self.metrics.refused_connections.labels("too many connections").inc()
+        refused = self.factory.admit(self)
+        if refused is not None:
+            self.metrics.refused_connections.labels(refused).inc()
+            self._log("connection from {ip} refused: {why}", ip=self.client_ip, why=refused)
             self._reply(replies.too_many_connections(self.settings.hostname))
             self._close()
             return
@@ -101,6 +103,11 @@ class SubmissionProtocol(Protocol):
         self._await_command()
 
     def connectionLost(self, reason=None):
+        if (self._mode != CLOSED and self._handshake_timer is not None
+                and self._handshake_timer.active() and reason is not None):
+            # The connection ended inside a TLS handshake: say why, once.
+            self.metrics.refused_connections.labels("TLS handshake failed").inc()
+            self._log("TLS handshake failed: {why}", why=_tls_error_text(reason))
         self._mode = CLOSED
         if not self.closed.called:
             self.closed.callback(None)
@@ -660,6 +667,17 @@ class SubmissionProtocol(Protocol):
         self._reset_transaction()
         self._await_command()
         return result
+
+
+def _tls_error_text(reason) -> str:
+    """A TLS failure in one line (OpenSSL's reasons, no stack)."""
+    value = getattr(reason, "value", reason)
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list):  # OpenSSL.SSL.Error: [(lib, func, reason)]
+        reasons = [str(item[-1]) for item in args[0] if item]
+        if reasons:
+            return ", ".join(reasons)
+    return str(value) or type(value).__name__
 
 
 _DENIED = {"CRAM-MD5": replies.AUTH_DENIED, "PLAIN": replies.AUTH_INVALID_CREDENTIAL,
