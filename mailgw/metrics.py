@@ -52,6 +52,10 @@ class Metrics:
         self.store_seconds = Histogram(
             "mailgw_store_seconds", "Store operation latency", ["operation"], registry=r,
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.tls_certificate_expiry = Gauge(
+            "mailgw_tls_certificate_expiry_seconds",
+            "When the served TLS certificate expires (its notAfter), in seconds since "
+            "the epoch", registry=r)
 
     def command(self, verb: str) -> None:
         """Count one SMTP command; a verb outside L{KNOWN_VERBS} as C{other}."""

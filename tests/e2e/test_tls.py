@@ -1,6 +1,8 @@
 """Real TLS on loopback against the real gateway: STARTTLS (smtplib, openssl
 s_client, swaks --tls), implicit TLS (SMTP_SSL, swaks --tlsc), the STARTTLS
-injection case, TLS 1.1 refused, and a certificate swapped on disk."""
+injection case, clients that offer ALPN, Mozilla's "intermediate" defaults
+(TLS 1.1, static RSA and CBC refused), a certificate swapped on disk, a key
+that does not match its certificate, and a certificate about to expire."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +15,11 @@ import ssl
 import subprocess
 import time
 
-from tests.e2e.gateway import require_tool
+from twisted.trial import unittest
+
+from tests.e2e.gateway import Gateway, require_tool, write_config
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
+from tests.tlsclients import make_pair, python_handshake, s_client
 from mailgw.admin.devsetup import make_certificate
 
 
@@ -31,6 +36,9 @@ class TLSGatewayBase(GatewayTestBase):
         {"endpoint": "tcp:0:interface=127.0.0.1", "tls": "implicit"},
     ]
     reload_interval = 0
+    #: options of L{make_pair} for the certificate; None: C{make run}'s own
+    #: (L{make_certificate}, EC P-256)
+    certificate_options = None
 
     def tls_settings(self):
         self.cert_path = os.path.join(self.folder, "cert.pem")
@@ -39,9 +47,15 @@ class TLSGatewayBase(GatewayTestBase):
         return {"certificate": self.cert_path, "private_key": self.key_path,
                 "reload_interval": self.reload_interval}
 
-    def write_certificate(self):
-        cert, key = make_certificate("localhost")
-        for path, data in ((self.key_path, key), (self.cert_path, cert)):
+    def write_certificate(self, key=None):
+        """A new pair on disk (the key first, as a renewal writes it); the
+        certificate's SHA-256 fingerprint. C{key}: write this key instead of
+        the certificate's own."""
+        if self.certificate_options is None:
+            cert, own_key = make_certificate("localhost")
+        else:
+            cert, own_key, _ = make_pair(**self.certificate_options)
+        for path, data in ((self.key_path, key or own_key), (self.cert_path, cert)):
             with open(path + ".new", "wb") as f:
                 f.write(data)
             os.replace(path + ".new", path)
@@ -51,6 +65,9 @@ class TLSGatewayBase(GatewayTestBase):
         with socket.create_connection(("127.0.0.1", self.gateway.port("implicit")), 10) as raw:
             with client_context().wrap_socket(raw) as tls:
                 return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+
+    def served_serial(self):
+        return python_handshake(self.gateway.port("implicit"))["serial"]
 
     def wait_for_log(self, text, timeout=20):
         deadline = time.monotonic() + timeout
@@ -176,3 +193,164 @@ class PeriodicReloadTests(TLSGatewayBase):
         new = self.write_certificate()
         self.wait_for_log("TLS certificate reloaded")
         self.assertEqual(self.served_fingerprint(), new)
+
+
+class ALPNTests(TLSGatewayBase):
+    """A client that offers ALPN (here the protocol id "smtp", which the
+    gateway does not know) is served without ALPN, as RFC 7301 section 3.2
+    allows, on STARTTLS and on implicit TLS."""
+
+    def test_openssl_s_client_alpn(self):
+        for port, starttls in ((self.gateway.port("starttls"), True),
+                               (self.gateway.port("implicit"), False)):
+            code, output = s_client(port, "-alpn", "smtp", starttls=starttls)
+            self.assertEqual(code, 0, output)
+            self.assertNotIn("internal error", output)
+            self.assertIn("No ALPN negotiated", output)
+            self.assertIn("250 AUTH CRAM-MD5 PLAIN LOGIN", output)
+            self.assertIn("221 Closing Connection", output)
+
+    def test_python_alpn_starttls_and_smtp_ssl(self):
+        context = client_context()
+        context.set_alpn_protocols(["smtp"])
+        client = smtplib.SMTP("127.0.0.1", self.gateway.port("starttls"), timeout=30)
+        self.addCleanup(client.close)
+        client.ehlo("alpn.client")
+        self.assertEqual(client.starttls(context=context)[0], 220)
+        self.assertIsNone(client.sock.selected_alpn_protocol())
+        code, features = client.ehlo("alpn.client")
+        self.assertEqual(code, 250)
+        self.assertIn(b"AUTH CRAM-MD5 PLAIN LOGIN", features)
+        client.quit()
+        implicit = smtplib.SMTP_SSL("127.0.0.1", self.gateway.port("implicit"), timeout=30,
+                                    context=context)
+        self.addCleanup(implicit.close)
+        code, features = implicit.ehlo("alpn.client")
+        self.assertEqual(code, 250)
+        self.assertIn(b"AUTH CRAM-MD5 PLAIN LOGIN", features)
+        implicit.quit()
+
+
+class MozillaIntermediateTests(TLSGatewayBase):
+    """With C{make run}'s EC certificate: TLS 1.2 with ECDHE-ECDSA and AEAD
+    ciphers and TLS 1.3 are accepted, CBC is not, and neither X448 nor
+    secp521r1 is offered."""
+
+    def test_ciphers_versions_and_groups(self):
+        port = self.gateway.port("implicit")
+        code, output = s_client(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+        self.assertEqual(code, 0, output)
+        self.assertIn("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256", output)
+        code, output = s_client(port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA")
+        self.assertNotEqual(code, 0, output)
+        self.assertNotIn("250 AUTH", output)
+        code, output = s_client(self.gateway.port("starttls"), "-tls1_3", starttls=True)
+        self.assertEqual(code, 0, output)
+        self.assertRegex(output, r"Protocol\s*:\s*TLSv1\.3")
+        for group in ("X448", "secp521r1"):
+            code, output = s_client(port, "-curves", group)
+            self.assertNotEqual(code, 0, output)
+            self.assertIn("handshake failure", output)
+
+
+class RSACertificateTests(TLSGatewayBase):
+    """With an RSA certificate: static RSA key exchange (no forward secrecy),
+    CBC and TLS 1.1 are refused; ECDHE with AES-GCM and TLS 1.3 are
+    accepted."""
+
+    certificate_options = {"key_type": "rsa"}
+
+    def test_refused_and_accepted(self):
+        port = self.gateway.port("implicit")
+        for args in (("-tls1_2", "-cipher", "AES128-GCM-SHA256"),
+                     ("-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA"),
+                     ("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")):
+            code, output = s_client(port, *args)
+            self.assertNotEqual(code, 0, output)
+            self.assertRegex(output, r"alert handshake failure|alert protocol version"
+                                     r"|no protocols available|no ciphers available")
+            self.assertNotIn("250 AUTH", output)
+        code, output = s_client(self.gateway.port("starttls"), "-tls1_2", "-cipher",
+                                "ECDHE-RSA-AES128-GCM-SHA256", starttls=True)
+        self.assertEqual(code, 0, output)
+        self.assertIn("250 AUTH CRAM-MD5 PLAIN LOGIN", output)
+        static = client_context()
+        static.maximum_version = ssl.TLSVersion.TLSv1_2
+        static.set_ciphers("AES128-GCM-SHA256")
+        with self.assertRaises(ssl.SSLError):
+            python_handshake(port, static)
+        self.assertEqual(python_handshake(port)["version"], "TLSv1.3")
+
+
+class KeyMismatchAtStartTests(unittest.TestCase):
+    def test_gateway_does_not_start(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        paths = [os.path.join(folder, name) for name in ("cert.pem", "key.pem")]
+        cert, _, _ = make_pair()
+        _, key, _ = make_pair()
+        for path, data in zip(paths, (cert, key)):
+            with open(path, "wb") as f:
+                f.write(data)
+        config = write_config(folder, database_url="sqlite:mailgw.sqlite3",
+                              listeners=[{"endpoint": "tcp:0:interface=127.0.0.1",
+                                          "tls": "implicit"}],
+                              tls={"certificate": paths[0], "private_key": paths[1]})
+        gateway = Gateway(folder, config)
+        self.addCleanup(gateway.stop)
+        with self.assertRaises(AssertionError):
+            gateway.start(1)
+        self.assertNotEqual(gateway.process.wait(15), 0)
+        self.assertIn(f"mailgw: tls.private_key {paths[1]} does not match "
+                      f"tls.certificate {paths[0]}\n", gateway.log())
+
+
+class KeyMismatchAtReloadTests(TLSGatewayBase):
+    def test_old_pair_kept_until_a_matching_one(self):
+        old = self.served_serial()
+        _, other_key, _ = make_pair()
+        self.write_certificate(key=other_key)
+        self.gateway.process.send_signal(signal.SIGHUP)
+        self.wait_for_log("TLS certificate not reloaded")
+        self.assertEqual(self.served_serial(), old)
+        errors = [line for line in self.gateway.log().splitlines()
+                  if "TLS certificate not reloaded" in line]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn(f"tls.private_key {self.key_path} does not match "
+                      f"tls.certificate {self.cert_path}", errors[0])
+        self.assertNotIn("TLS certificate reloaded", self.gateway.log())
+        new = self.write_certificate()
+        self.gateway.process.send_signal(signal.SIGHUP)
+        self.wait_for_log("TLS certificate reloaded")
+        self.assertEqual(self.served_fingerprint(), new)
+        self.assertNotEqual(self.served_serial(), old)
+
+
+class ExpiringCertificateTests(TLSGatewayBase):
+    certificate_options = {"days": 3}
+
+    def warnings(self):
+        return [line for line in self.gateway.log().splitlines()
+                if f"TLS certificate {self.cert_path} expires in" in line]
+
+    def test_warned_at_start_and_at_reload(self):
+        [line] = self.warnings()
+        self.assertRegex(line, r"expires in 3 days \(\d{4}-\d\d-\d\d ")
+        self.write_certificate()
+        self.gateway.process.send_signal(signal.SIGHUP)
+        self.wait_for_log("TLS certificate reloaded")
+        deadline = time.monotonic() + 10
+        while len(self.warnings()) < 2:
+            self.assertLess(time.monotonic(), deadline, self.gateway.log())
+            time.sleep(0.05)
+
+
+class LongValidCertificateTests(TLSGatewayBase):
+    certificate_options = {"days": 60}
+
+    def test_no_warning(self):
+        self.write_certificate()
+        self.gateway.process.send_signal(signal.SIGHUP)
+        self.wait_for_log("TLS certificate reloaded")
+        self.assertNotIn(" expires in ", self.gateway.log())
+        self.assertNotIn(" expired ", self.gateway.log())
