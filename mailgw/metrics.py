@@ -49,6 +49,14 @@ class Metrics:
                                    ["status"], registry=r)
         self.relay = Counter("mailgw_relay_deliveries", "Relay delivery attempts by outcome",
                              ["outcome"], registry=r)
+        self.http_refused_connections = Counter(
+            "mailgw_http_refused_connections",
+            "HTTP API connections closed at connect by a connection cap", ["reason"],
+            registry=r)
+        self.http_timeouts = Counter(
+            "mailgw_http_timeouts",
+            "HTTP API connections closed by a timeout (idle, headers or body)", ["reason"],
+            registry=r)
         self.store_seconds = Histogram(
             "mailgw_store_seconds", "Store operation latency", ["operation"], registry=r,
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))

@@ -66,7 +66,8 @@ class GatewayService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
-        self.raw_store = open_store(config.database.url, reactor, config.database.pool_size)
+        self.raw_store = open_store(config.database.url, reactor, config.database.pool_size,
+                                    store_timeout=config.database.store_timeout)
         self.store = TimedStore(self.raw_store, self.metrics)
         #: what sessions read on the message path: reused for up to a second
         self.directory = CachingDirectory(self.store, reactor)
@@ -89,7 +90,7 @@ class GatewayService(service.MultiService):
             self.api = api_listener_service(
                 build_api_site(self.portal, self.core, config, reactor,
                                self.metrics),
-                config, self.tls, reactor)
+                config, self.tls, reactor, self.metrics)
         self.factories = []
         self.listeners = [self._listener(listener) for listener in config.listeners]
         if config.metrics.endpoint:

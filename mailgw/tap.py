@@ -37,8 +37,11 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
+    from mailgw.descriptors import check_descriptors
     from mailgw.service import build_service
     from mailgw.tls import TLSConfigError
+    # Before any listener or store opens a descriptor (mailgw.descriptors).
+    check_descriptors(options["config_value"])
     try:
         return build_service(options["config_value"], reactor)
     except TLSConfigError as e:

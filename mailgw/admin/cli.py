@@ -267,7 +267,8 @@ async def session(reactor, config, args) -> Output | int:
     from mailgw.store import open_store
     store = None
     try:
-        store = open_store(config.database.url, reactor, config.database.pool_size)
+        store = open_store(config.database.url, reactor, config.database.pool_size,
+                           store_timeout=config.database.store_timeout)
         await store.start()
         if args.needs_schema:
             await store.upgrade()

@@ -9,10 +9,13 @@ C{ConnectionPool} taught three things it lacks:
     replaced by a new one on its next use, so the store recovers by itself;
     a connection found dead when its C{BEGIN} fails is replaced and the call
     tried once more, since nothing of it ran;
-  - every call has a deadline: at the deadline the statement in flight is
-    cancelled (C{conn.cancel}, a cancel request to the server); if the server
-    does not answer that either, the connection is closed. Either way the call
-    fails with L{StoreUnavailable} instead of hanging;
+  - every call has a deadline, C{timeout} seconds after it was made (the
+    gateway's C{database.store_timeout}), time spent waiting for a free
+    connection included: a call still waiting then is dropped; otherwise
+    the statement in flight is cancelled (C{conn.cancel}, a cancel request
+    to the server), and if the server does not answer that either, the
+    connection is closed. Either way the call fails with L{StoreUnavailable}
+    instead of hanging;
   - a lost connection is not logged as an unhandled error: an idle one is
     closed quietly, and a failed ROLLBACK on a dead connection is moot (the
     server rolls back a session that ends).
@@ -37,8 +40,9 @@ from txpostgres.psycopg2_impl import psycopg2
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Q, Store, schema_files, split_statements
 
-#: seconds a call may take before it fails with StoreUnavailable
-DEFAULT_TIMEOUT = 10.0
+#: seconds a call may take before it fails with StoreUnavailable, when the
+#: caller does not say (the gateway passes C{database.store_timeout})
+DEFAULT_TIMEOUT = 5.0
 #: an upgrade may wait for another node's upgrade, and may rewrite tables
 UPGRADE_TIMEOUT = 600.0
 #: seconds the server has to honour a cancel request before we hang up
@@ -94,11 +98,14 @@ class _Transaction:
     """One run of a store generator, statement by statement, on one cursor.
 
     C{current} is the statement in flight (BEGIN and COMMIT included): what a
-    deadline cancels. After the deadline no further statement is sent.
+    deadline cancels. After the deadline (C{deadline}, in the reactor's
+    seconds) no further statement is sent.
     """
 
-    def __init__(self, fn, args, begin: str, timeout: float):
+    def __init__(self, fn, args, begin: str, timeout: float, deadline: float):
         self.fn, self.args, self.begin, self.timeout = fn, args, begin, timeout
+        self.deadline = deadline
+        self.waiting = True  # for a free connection
         self.current = None
         self.started = False  # BEGIN succeeded and the generator began
         self.expired = False
@@ -240,13 +247,14 @@ class _Pool(txpostgres.ConnectionPool):
     def _runInteraction(self, txn, *args, **kwargs):
         if self.closed:
             return defer.fail(StoreUnavailable("the store is closed"))
+        txn.waiting = False
         conn = self.connections.pop()
         d = self._attempt(conn, txn, retry=True)
         return d.addBoth(self._putBackAndPassthrough, conn)
 
     def _attempt(self, conn, txn, retry):
         reused = conn.alive()
-        d = self.ensure(conn, txn.timeout)
+        d = self.ensure(conn, self._left(txn))
         d.addCallback(lambda _: self._timed(conn, txn))
         if not (retry and reused):
             return d
@@ -277,7 +285,7 @@ class _Pool(txpostgres.ConnectionPool):
                 except Exception as e:  # the cancel request could not be sent
                     log.msg(f"postgresql: cancel failed: {_first_line(e)}")
             conn.close()
-        timer = self.reactor.callLater(txn.timeout, expire)
+        timer = self.reactor.callLater(self._left(txn), expire)
 
         def finish(result):
             for call in [timer, *grace]:
@@ -285,6 +293,10 @@ class _Pool(txpostgres.ConnectionPool):
                     call.cancel()
             return result
         return d.addBoth(finish)
+
+    def _left(self, txn) -> float:
+        """Seconds left until C{txn}'s deadline (0 when it has passed)."""
+        return max(0.0, txn.deadline - self.reactor.seconds())
 
 
 def _first_line(e) -> str:
@@ -307,6 +319,12 @@ def _translate(reason, txn):
     return reason
 
 
+def _give_up_waiting(txn, d) -> None:
+    if txn.waiting:
+        txn.expired = True
+        d.cancel()  # fails d with CancelledError, which _translate words
+
+
 def redact(url: str) -> str:
     """C{url} with any password replaced by C{***}."""
     url = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
@@ -322,10 +340,20 @@ def redact(url: str) -> str:
 
 
 class PostgresStore(Store):
+    """The store on PostgreSQL, over a pool of asynchronous connections."""
+
     engine = "postgresql"
 
     def __init__(self, url: str, reactor, pool_size: int = 4,
                  timeout: float = DEFAULT_TIMEOUT):
+        """
+        @param url: a libpq connection URL, handed over as is.
+        @param pool_size: connections in the pool.
+        @param timeout: seconds a call (or a connection attempt) may take: at
+            that deadline the statement in flight is cancelled and the call
+            fails with L{StoreUnavailable} (an upgrade gets at least
+            L{UPGRADE_TIMEOUT}).
+        """
         super().__init__(reactor)
         self.url = url
         self._reactor = reactor
@@ -361,9 +389,18 @@ class PostgresStore(Store):
     def _interact(self, begin, fn, args, timeout=None):
         if self._pool is None:
             return defer.fail(StoreUnavailable("the store is closed"))
-        txn = _Transaction(fn, args, begin, timeout or self._timeout)
+        timeout = timeout or self._timeout
+        txn = _Transaction(fn, args, begin, timeout, self._reactor.seconds() + timeout)
         d = self._pool.runInteraction(txn)
-        return d.addErrback(_translate, txn)
+        # A call still waiting for a free connection at its deadline gives up
+        # (cancelling the wait): the deadline is the caller's, not the pool's.
+        queued = self._reactor.callLater(timeout, _give_up_waiting, txn, d)
+
+        def done(result):
+            if queued.active():
+                queued.cancel()
+            return result
+        return d.addBoth(done).addErrback(_translate, txn)
 
     def _run(self, fn, *args):
         return self._interact("BEGIN", fn, args)

@@ -5,11 +5,20 @@ threads, all in WAL mode with C{synchronous=FULL}, so that a committed
 transaction survives a power cut. Writes start with C{BEGIN IMMEDIATE} so that
 two processes (the gateway and the command line) wait for each other instead
 of failing half-way.
+
+A write waits for another process's lock for at most the store timeout
+(C{database.store_timeout}), counted from when it was asked for, and then
+fails with L{StoreUnavailable}, so that the client hears 451 soon enough to
+retry rather than after its own timeout. Every batch of writes sets SQLite's
+busy timeout to what is left of its oldest write's time: a write queued behind
+another one that is waiting for the same lock does not wait twice.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+import time
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
@@ -22,14 +31,15 @@ from mailgw.store.files import private_directory, private_file, tighten
 
 log = Logger()
 
-BUSY_TIMEOUT_MS = 10_000
+#: seconds an operation may wait for a lock when the caller does not say
+DEFAULT_TIMEOUT = 5.0
 #: the files SQLite keeps beside the database (WAL mode uses the first two)
 COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-def _configure(connection):
+def _configure(connection, busy_ms: int):
     connection.isolation_level = None  # we issue BEGIN ourselves
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = FULL")
     connection.execute("PRAGMA foreign_keys = ON")
@@ -54,12 +64,16 @@ def _drive(cursor, begin, fn, args):
     return _steps(cursor, fn, args)
 
 
-def _drive_batch(cursor, batch):
+def _drive_batch(cursor, batch, busy_ms: int):
     """Group commit: every write of C{batch} in one transaction (one fsync),
     each in a savepoint of its own, so that one that fails undoes only itself.
 
+    @param busy_ms: milliseconds C{BEGIN IMMEDIATE} may wait for another
+        connection's write lock (SQLite's busy timeout) before the whole
+        batch fails with C{sqlite3.OperationalError} ("database is locked").
     @return: C{[(True, result) or (False, exception), ...]} in batch order.
     """
+    cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
     cursor.execute("BEGIN IMMEDIATE")
     results = []
     for fn, args in batch:
@@ -77,25 +91,37 @@ def _drive_batch(cursor, batch):
 
 
 class SQLiteStore(Store):
+    """The store on one SQLite file: a writer thread that commits queued
+    writes in batches, and a few reader threads."""
+
     engine = "sqlite"
 
     #: writes committed together at most
     MAX_BATCH = 64
 
-    def __init__(self, path: str, reactor, readers: int = 2):
+    def __init__(self, path: str, reactor, readers: int = 2,
+                 timeout: float = DEFAULT_TIMEOUT):
+        """
+        @param path: the database file, or C{:memory:}.
+        @param readers: reader connections (threads).
+        @param timeout: seconds an operation may wait for another process's
+            lock before it fails with L{StoreUnavailable}.
+        """
         super().__init__(reactor)
         self.path = path
         self._reactor = reactor
         self._readers = readers
+        self.timeout = timeout
         self._writer = self._reader = None
         self._pending = []
         self._writing = False
 
     def _pool(self, size):
         return adbapi.ConnectionPool(
-            "sqlite3", self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
-            cp_min=1, cp_max=size, cp_openfun=_configure, cp_reactor=self._reactor,
-            cp_noisy=False)
+            "sqlite3", self.path, check_same_thread=False, timeout=self.timeout,
+            cp_min=1, cp_max=size,
+            cp_openfun=functools.partial(_configure, busy_ms=_milliseconds(self.timeout)),
+            cp_reactor=self._reactor, cp_noisy=False)
 
     def start(self):
         if self.path != ":memory:":
@@ -129,7 +155,7 @@ class SQLiteStore(Store):
                 pool.close()
         self._writer = self._reader = None
         pending, self._pending = self._pending, []
-        for _, _, d in pending:
+        for _, _, d, _ in pending:
             d.errback(StoreUnavailable("the store is closed"))
         return defer.succeed(None)
 
@@ -146,7 +172,8 @@ class SQLiteStore(Store):
         if self._writer is None:
             return defer.fail(StoreUnavailable("the store is closed"))
         d = defer.Deferred()
-        self._pending.append((fn, args, d))
+        # the monotonic clock, not the reactor's: SQLite waits in real time
+        self._pending.append((fn, args, d, time.monotonic() + self.timeout))
         self._write_next_batch()
         return d
 
@@ -156,14 +183,18 @@ class SQLiteStore(Store):
         batch = self._pending[:self.MAX_BATCH]
         del self._pending[:self.MAX_BATCH]
         self._writing = True
-        d = self._writer.runInteraction(_drive_batch, [(fn, args) for fn, args, _ in batch])
+        # The oldest write has waited longest: the batch may wait for the
+        # lock only as long as that write still may (0: try once).
+        left = min(deadline for _, _, _, deadline in batch) - time.monotonic()
+        d = self._writer.runInteraction(_drive_batch, [(fn, args) for fn, args, _, _ in batch],
+                                        _milliseconds(max(0.0, left)))
         d.addCallbacks(self._batch_done, self._batch_failed,
                        callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _batch_done(self, results, batch):
         self._writing = False
         self._write_next_batch()
-        for (ok, value), (_, _, d) in zip(results, batch):
+        for (ok, value), (_, _, d, _) in zip(results, batch):
             if ok:
                 d.callback(value)
             else:
@@ -173,7 +204,7 @@ class SQLiteStore(Store):
         self._writing = False
         self._write_next_batch()
         failure = _translated(failure)
-        for _, _, d in batch:
+        for _, _, d, _ in batch:
             d.errback(failure)
 
     def _read(self, fn, *args):
@@ -181,6 +212,10 @@ class SQLiteStore(Store):
 
     def upgrade(self):
         return self._run(_upgrade)
+
+
+def _milliseconds(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 def _nothing():

@@ -32,6 +32,7 @@ from twisted.web.resource import Resource
 
 from mailgw.auth.credentials import APIKey
 from mailgw.auth.guard import LockedOut
+from mailgw.config import HTTPAPIConfig
 from mailgw.interfaces import IAPIClient, StoreError
 from mailgw.model import generate_token
 from mailgw.submission import (
@@ -42,13 +43,11 @@ from mailgw.submission import (
 from mailgw.web.compose import (
     APIError, ParameterError, compose_message, parse_params, raw_submission, too_large,
 )
-from mailgw.web.limits import LimitedRequest, request_body_limit
+from mailgw.web.limits import APISite, ConnectionCaps
 
 log = Logger()
 
 ROUTES = {b"/api/v1/send/message": "message", b"/api/v1/send/raw": "raw"}
-#: idle seconds before an HTTP connection is closed (as for SMTP commands)
-IDLE_TIMEOUT = 300
 #: request bodies from this size on are decoded and built on a worker thread
 THREAD_THRESHOLD = 256 * 1024
 
@@ -283,22 +282,24 @@ def _body_size(content) -> int:
     return size
 
 
-def build_api_site(portal, core, config, clock, metrics=None) -> server.Site:
-    """The API as a twisted.web C{Site}.
+def build_api_site(portal, core, config, clock, metrics=None) -> APISite:
+    """The API as a twisted.web C{Site}, with the request size limit and the
+    idle, header and body timeouts of C{config.http_api} (see
+    L{mailgw.web.limits}).
 
     @param portal: the L{mailgw.auth.guard.GuardedPortal} SMTP logs in through.
     @param core: the L{mailgw.submission.SubmissionCore} SMTP uses too.
-    @param config: the whole L{mailgw.config.Config}.
+    @param config: the whole L{mailgw.config.Config}; without an
+        C{[http_api]} table, the defaults of L{HTTPAPIConfig} apply.
     @param clock: the reactor (its thread pool decodes big requests), or
-        any C{IReactorTime}.
+        any C{IReactorTime}; it also runs every timeout.
     @param metrics: the gateway's L{mailgw.metrics.Metrics}, or None.
     """
-    site = server.Site(SendAPI(portal, core, config, clock, metrics),
-                       timeout=IDLE_TIMEOUT,
-                       reactor=clock)
-    site.requestFactory = LimitedRequest
-    site.max_message_size = config.limits.max_message_size
-    site.max_request_body = request_body_limit(config.limits.max_message_size)
+    api = config.http_api or HTTPAPIConfig()
+    site = APISite(SendAPI(portal, core, config, clock, metrics),
+                   max_message_size=config.limits.max_message_size,
+                   idle_timeout=api.idle_timeout, header_timeout=api.header_timeout,
+                   body_timeout=api.body_timeout, metrics=metrics, reactor=clock)
     site.displayTracebacks = False
     site.noisy = False
     return site
@@ -328,15 +329,26 @@ class APIListenerService(internet.StreamServerEndpointService):
         return port
 
 
-def api_listener_service(site, config, tls_options, reactor) -> APIListenerService:
+def api_listener_service(site, config, tls_options, reactor,
+                         metrics=None) -> APIListenerService:
     """The service serving C{site} on C{config.http_api.endpoint}, as HTTPS
     with C{tls_options} (the L{mailgw.tls.TLSOptions} SMTP uses, so a renewed
-    certificate is served to the next connection) when C{config.http_api.tls}."""
+    certificate is served to the next connection) when C{config.http_api.tls}.
+
+    Connections over C{http_api.max_connections}, or over
+    C{http_api.max_connections_per_ip} from one address, are closed before
+    any TLS handshake (L{ConnectionCaps}).
+
+    @param metrics: the gateway's L{mailgw.metrics.Metrics} (refused
+        connections are counted there), or None.
+    """
     api = config.http_api
     factory = site
     if api.tls:
         if tls_options is None:
             raise ValueError("http_api.tls needs the [tls] certificate")
         factory = TLSMemoryBIOFactory(tls_options, False, site)
+    factory = ConnectionCaps(factory, api.max_connections, api.max_connections_per_ip,
+                             metrics)
     endpoint = endpoints.serverFromString(reactor, api.endpoint)
     return APIListenerService(endpoint, factory, api.endpoint, api.tls)
