@@ -172,6 +172,49 @@ class IAdmin(Interface):
     def remove_credential(credential_id):
         """@return: Deferred firing with C{None}."""
 
+    # The failure throttle's notice board (docs/operations.md): what each
+    # node's throttle has locked out, and the operator's clears. The
+    # throttles in memory decide; these rows only show and clear them.
+
+    def record_lockout(address, node, kind, locked_until, failures):
+        """Record (or renew) that C{node}'s throttle of C{kind} (C{"key"} or
+        C{"anonymous"}) locked out the client key C{address} (C{192.0.2.1},
+        C{2001:db8:1:2::/64}) until C{locked_until} (epoch seconds) after
+        C{failures} failures. Expired lock-outs of any node go at the same
+        time. @return: Deferred firing with C{None}."""
+
+    def list_lockouts():
+        """The lock-outs still in force, of every node, by address, kind, node.
+
+        @return: Deferred firing with a list of L{mailgw.store.base.Lockout}.
+        """
+
+    def clear_lockouts(address):
+        """Remove every node's lock-outs of the client key C{address} and
+        record a clear of it for the running nodes to apply (see
+        L{throttle_clears_after}); clears older than a day are dropped.
+
+        @return: Deferred firing with the number of lock-outs in force removed.
+        """
+
+    def throttle_clears_after(clear_id):
+        """The clears recorded after the one with id C{clear_id}, oldest first.
+        Ids only grow, and a clear becomes visible only after every clear
+        with a smaller id, so a poller that remembers the last id it read
+        misses none.
+
+        @return: Deferred firing with a list of L{mailgw.store.base.ThrottleClear}.
+        """
+
+    def latest_throttle_clear():
+        """@return: Deferred firing with the id of the newest clear (0 when
+        there is none): where a node that starts begins to read."""
+
+    def forget_lockouts(node):
+        """Remove C{node}'s lock-outs (the node is stopping: they end with it).
+
+        @return: Deferred firing with C{None}."""
+
 
 class IRelayQueue(Interface):
     """What the relay (and the operator's queue verbs) do to the queue.

@@ -157,6 +157,12 @@ class TimedStore:
     list_credentials = _timed("list_credentials")
     set_credential_hold = _timed("set_credential_hold")
     remove_credential = _timed("remove_credential")
+    record_lockout = _timed("record_lockout")
+    list_lockouts = _timed("list_lockouts")
+    clear_lockouts = _timed("clear_lockouts")
+    throttle_clears_after = _timed("throttle_clears_after")
+    latest_throttle_clear = _timed("latest_throttle_clear")
+    forget_lockouts = _timed("forget_lockouts")
 
     # IRelayQueue
     claim_due = _timed("claim_due")

@@ -15,7 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
-from mailgw.auth.throttle import FailureThrottle
+from mailgw.auth.throttle import FailureThrottle, SharedLockouts
 from mailgw.config import Config
 from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import SubmissionDelivery
@@ -81,9 +81,14 @@ class GatewayService(service.MultiService):
         def make_delivery(identity, session):
             return SubmissionDelivery(identity, session, self.core, self.directory)
 
-        #: the failure throttle of every listener and the HTTP API
-        self.guard = AuthenticationGuard(
-            FailureThrottle.from_config(reactor, config.auth_throttle))
+        #: the failure throttles of every listener and the HTTP API (failed
+        #: keys; attempts without one), their lock-outs on the store's notice
+        #: board for `mailgw throttle` (docs/operations.md)
+        throttles = {
+            "key": FailureThrottle.from_config(reactor, config.auth_throttle),
+            "anonymous": FailureThrottle.anonymous_from_config(reactor, config.auth_throttle)}
+        self.guard = AuthenticationGuard(throttles["key"], throttles["anonymous"])
+        self.lockouts = SharedLockouts(self.store, reactor, throttles)
         self.portal = build_portal(self.directory, reactor, make_delivery, self.guard)
         self.api = None
         if config.http_api is not None:
@@ -138,6 +143,7 @@ class GatewayService(service.MultiService):
             self.api.setServiceParent(self)
         if self.relay is not None:
             self.relay.setServiceParent(self)
+        self.lockouts.setServiceParent(self)  # polls the operator's clears
         if self.tls is not None and self.config.tls.reload_interval > 0:
             self._reload = LoopingCall(self.tls.reload_if_changed)
             self._reload.clock = self.reactor

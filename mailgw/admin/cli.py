@@ -1,6 +1,7 @@
 """The ``mailgw`` operator command: organizations, servers, domains,
-credentials, the queue and the schema, read from and written to the store
-named by the same config file the gateway runs with.
+credentials, the queue, the failure throttle's lock-outs and the schema, read
+from and written to the store named by the same config file the gateway runs
+with.
 
 ``main`` parses the command line, checks the arguments before the store is
 opened (so a typo changes nothing), then runs one verb of
@@ -227,6 +228,14 @@ def _queue_verbs(verb) -> None:
                                            help="the queue entry id")
 
 
+def _throttle_verbs(verb) -> None:
+    verb("list", c.throttle_list, "list the lock-outs in force on every gateway node")
+    p = verb("clear", c.throttle_clear, "lift a lock-out and forget the counted failures, "
+             "on every gateway node", check=c.check_throttle_clear)
+    p.add_argument("address", metavar="ADDRESS",
+                   help="a client address, or an IPv6 network as `throttle list` shows it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailgw", description="Administer a mailgw gateway's store.")
@@ -243,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _domain_verbs(nouns.noun("domain", "sender domains"))
     _credential_verbs(nouns.noun("credential", "SMTP and API credentials"))
     _queue_verbs(nouns.noun("queue", "accepted messages"))
+    _throttle_verbs(nouns.noun("throttle", "authentication failure lock-outs"))
     return parser
 
 
@@ -318,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(config_path(args))
+        # the throttle verbs name client keys as the gateways count them
+        args.auth_throttle = config.auth_throttle
         check_arguments(args)
     except EXPECTED as e:
         return fail(e)

@@ -11,10 +11,12 @@ failure it meets (C{NotFound}, C{Conflict}, ...) becomes the one-line error.
 from __future__ import annotations
 
 from mailgw.admin.output import (
-    ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, ORGANIZATION_COLUMNS,
-    SERVER_COLUMNS, Output, attempt_json, credential_json, domain_json, entry_json, fields,
-    message_headers, organization_json, printable, server_json, table,
+    ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, LOCKOUT_COLUMNS,
+    ORGANIZATION_COLUMNS, SERVER_COLUMNS, Output, attempt_json, credential_json, domain_json,
+    entry_json, fields, lockout_json, message_headers, organization_json, printable,
+    server_json, table,
 )
+from mailgw.auth.throttle import throttle_key
 
 #: the settings C{server set} may change, as the store names them
 SERVER_SETTINGS = ("allow_sender_header", "privacy_mode", "mode", "send_limit")
@@ -199,3 +201,27 @@ async def queue_retry(store, args) -> Output:
 async def queue_remove(store, args) -> Output:
     await store.remove_entry(args.id)
     return _removed("queue entry", args.id)
+
+
+# -- the failure throttle (docs/operations.md) ---------------------------------
+
+def check_throttle_clear(args) -> None:
+    """Make C{args.address} the key the gateways count it under (an IPv6
+    address names its /64, or the config's C{ipv6_prefix})."""
+    args.address = throttle_key(args.address, args.auth_throttle.ipv6_prefix)
+
+
+async def throttle_list(store, args) -> Output:
+    """The lock-outs in force on every node sharing the database."""
+    lockouts = await store.list_lockouts()
+    return _many([lockout_json(lockout) for lockout in lockouts], LOCKOUT_COLUMNS,
+                 "no lock-outs")
+
+
+async def throttle_clear(store, args) -> Output:
+    """Lift a lock-out and forget the counted failures, on every node: each
+    running gateway applies the clear within a second or two."""
+    removed = await store.clear_lockouts(args.address)
+    text = (f"cleared {args.address}: {removed} lock-out{'' if removed == 1 else 's'} "
+            f"removed; running gateways forget its failures within a few seconds")
+    return Output({"cleared": args.address, "lockouts_removed": removed}, text)

@@ -88,6 +88,12 @@ def attempt_json(attempt: DeliveryAttempt) -> dict:
     }
 
 
+def lockout_json(lockout) -> dict:
+    """@param lockout: a L{mailgw.store.base.Lockout}."""
+    return {"address": lockout.address, "kind": lockout.kind, "node": lockout.node,
+            "locked_until": iso8601(lockout.locked_until), "failures": lockout.failures}
+
+
 #: the most of a message searched for (and shown as) its header section, so
 #: that a message without an empty line is not printed whole
 HEADER_LIMIT = 256 * 1024
@@ -155,3 +161,5 @@ ENTRY_COLUMNS = [
 ]
 ATTEMPT_COLUMNS = [("WHEN", "attempted_at"), ("REMOTE HOST", "remote_host"),
                    ("CODE", "code"), ("TEXT", "text")]
+LOCKOUT_COLUMNS = [("ADDRESS", "address"), ("KIND", "kind"), ("NODE", "node"),
+                   ("UNTIL", "locked_until"), ("FAILURES", "failures")]

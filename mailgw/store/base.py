@@ -605,6 +605,85 @@ def _remove_entry(entry_id):
         yield Q("DELETE FROM messages WHERE id = ?", (entry.message_id,))
 
 
+# -- the failure throttle's notice board (docs/operations.md) ----------------------
+#
+# Each node records its lock-outs as they happen and removes its rows when it
+# stops; the operator's clear removes every node's rows for a key and appends
+# a clear, which every node reads by id. On PostgreSQL, ids come from a
+# sequence and may commit out of order; the engine's clear_lock serialises the
+# clears so that a node that has read id N can never later find an id below N
+# committed. SQLite has one writer at a time anyway.
+
+#: seconds a clear is kept: any node running then has read it long before
+CLEAR_RETENTION = 86400.0
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """A lock-out one node's throttle holds, as recorded in the store.
+
+    @ivar address: the client key, C{192.0.2.1} or C{2001:db8:1:2::/64}.
+    @ivar kind: C{"key"} (failed keys) or C{"anonymous"} (attempts without one).
+    @ivar node: the node whose throttle holds it.
+    @ivar locked_until: epoch seconds.
+    @ivar failures: the failures that led to it.
+    """
+    address: str
+    kind: str
+    node: str
+    locked_until: float
+    failures: int
+
+
+@dataclass(frozen=True)
+class ThrottleClear:
+    """An operator's clear of a client key, for every node to apply."""
+    id: int
+    address: str
+    cleared_at: float
+
+
+def _record_lockout(address, node, kind, locked_until, failures, now):
+    # expired rows of any node go as new ones come, using the index
+    yield Q("DELETE FROM lockouts WHERE locked_until <= ?", (now,))
+    yield Q("INSERT INTO lockouts (address_key, node, kind, locked_until, failures) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (address_key, node, kind) DO UPDATE "
+            "SET locked_until = excluded.locked_until, failures = excluded.failures",
+            (address, node, kind, float(locked_until), int(failures)))
+
+
+def _list_lockouts(now):
+    rows = yield Q("SELECT address_key, kind, node, locked_until, failures FROM lockouts "
+                   "WHERE locked_until > ? ORDER BY address_key, kind, node", (now,))
+    return [Lockout(*r) for r in rows]
+
+
+def _clear_lockouts(address, now, lock):
+    if lock:
+        yield Q(lock)
+    rows = yield Q("DELETE FROM lockouts WHERE address_key = ? RETURNING locked_until",
+                   (address,))
+    yield Q("INSERT INTO throttle_clears (address_key, cleared_at) VALUES (?, ?)",
+            (address, now))
+    yield Q("DELETE FROM throttle_clears WHERE cleared_at < ?", (now - CLEAR_RETENTION,))
+    return sum(1 for (until,) in rows if until > now)
+
+
+def _throttle_clears_after(clear_id):
+    rows = yield Q("SELECT id, address_key, cleared_at FROM throttle_clears WHERE id > ? "
+                   "ORDER BY id", (int(clear_id),))
+    return [ThrottleClear(*r) for r in rows]
+
+
+def _latest_throttle_clear():
+    rows = yield Q("SELECT coalesce(max(id), 0) FROM throttle_clears")
+    return rows[0][0]
+
+
+def _forget_lockouts(node):
+    yield Q("DELETE FROM lockouts WHERE node = ?", (node,))
+
+
 @implementer(IStore)
 class Store:
     """Every store interface over one engine.
@@ -724,6 +803,32 @@ class Store:
 
     def remove_credential(self, credential_id):
         return self._run(_remove_credential, credential_id)
+
+    # IAdmin: the failure throttle's notice board
+
+    #: run first in a clear: PostgreSQL writes clears one at a time, so their
+    #: ids commit in order (see _clear_lockouts); SQLite needs nothing
+    _CLEAR_LOCKS = {"postgresql": "LOCK TABLE throttle_clears IN SHARE ROW EXCLUSIVE MODE"}
+
+    def record_lockout(self, address, node, kind, locked_until, failures):
+        return self._run(_record_lockout, address, node, kind, locked_until, failures,
+                         self._now())
+
+    def list_lockouts(self):
+        return self._read(_list_lockouts, self._now())
+
+    def clear_lockouts(self, address):
+        return self._run(_clear_lockouts, address, self._now(),
+                         self._CLEAR_LOCKS.get(self.engine, ""))
+
+    def throttle_clears_after(self, clear_id):
+        return self._read(_throttle_clears_after, clear_id)
+
+    def latest_throttle_clear(self):
+        return self._read(_latest_throttle_clear)
+
+    def forget_lockouts(self, node):
+        return self._run(_forget_lockouts, node)
 
     # IRelayQueue (issue 6)
 

@@ -97,7 +97,7 @@ class CLITestCase(unittest.TestCase):
 
 class DatabaseTests(CLITestCase):
     async def test_upgrade_applies_once(self):
-        self.assertEqual(await self.ok("db", "upgrade"), "applied schema versions: 1, 2\n")
+        self.assertEqual(await self.ok("db", "upgrade"), "applied schema versions: 1, 2, 3\n")
         self.assertEqual(await self.json("db", "upgrade"), {"applied": []})
         self.assertEqual(await self.ok("db", "upgrade"), "schema is up to date\n")
 
@@ -478,3 +478,68 @@ class QueueTests(CLITestCase):
             self.error("queue", "show", "1", "--raw", "--json"))
         self.assertEqual(missing, "mailgw: no queue entry 99")
         self.assertEqual(raw_json, "mailgw: --raw writes the message itself; leave out --json")
+
+
+class ThrottleTests(CLITestCase):
+    """C{mailgw throttle}: what the gateways recorded on the store's notice
+    board (docs/operations.md); the gateways themselves are in
+    C{tests/e2e/test_throttle_cli.py}."""
+
+    async def lockouts(self):
+        """Lock-outs of two nodes, as running gateways would record them."""
+        from twisted.internet import reactor
+        store = await self.store()
+        self.now = reactor.seconds()
+        await store.record_lockout("192.0.2.1", "gw1/100", "key", self.now + 900, 10)
+        await store.record_lockout("192.0.2.1", "gw2/200", "key", self.now + 800, 11)
+        await store.record_lockout("2001:db8:1:2::/64", "gw1/100", "anonymous",
+                                   self.now + 600, 100)
+        await store.record_lockout("198.51.100.1", "gw1/100", "key", self.now - 1, 10)
+        return store
+
+    async def test_list(self):
+        self.assertEqual(await self.ok("throttle", "list"), "no lock-outs\n")
+        await self.lockouts()
+        rows = await self.json("throttle", "list")
+        for row in rows:
+            self.assertRegex(row.pop("locked_until"), ISO_RE)
+        self.assertEqual(rows, [
+            {"address": "192.0.2.1", "kind": "key", "node": "gw1/100", "failures": 10},
+            {"address": "192.0.2.1", "kind": "key", "node": "gw2/200", "failures": 11},
+            {"address": "2001:db8:1:2::/64", "kind": "anonymous", "node": "gw1/100",
+             "failures": 100}])
+        lines = (await self.ok("throttle", "list")).splitlines()
+        self.assertEqual(lines[0].split(), ["ADDRESS", "KIND", "NODE", "UNTIL", "FAILURES"])
+        self.assertEqual(len(lines), 4)
+        self.assertTrue(lines[3].startswith("2001:db8:1:2::/64  anonymous  gw1/100  "))
+
+    async def test_clear_every_node_and_record_the_clear(self):
+        store = await self.lockouts()
+        self.assertEqual(await self.json("throttle", "clear", "::ffff:192.0.2.1"),
+                         {"cleared": "192.0.2.1", "lockouts_removed": 2})
+        self.assertEqual([row["address"] for row in await self.json("throttle", "list")],
+                         ["2001:db8:1:2::/64"])
+        self.assertEqual(await self.ok("throttle", "clear", "2001:db8:1:2::beef"),
+                         "cleared 2001:db8:1:2::/64: 1 lock-out removed; running gateways "
+                         "forget its failures within a few seconds\n")
+        self.assertEqual(await self.json("throttle", "list"), [])
+        clears = await store.throttle_clears_after(0)
+        self.assertEqual([c.address for c in clears], ["192.0.2.1", "2001:db8:1:2::/64"])
+
+    async def test_clear_names_the_configured_ipv6_prefix(self):
+        with open(self.config, "a") as f:
+            f.write("[auth_throttle]\nipv6_prefix = 48\n")
+        self.assertEqual(await self.json("throttle", "clear", "2001:db8:1:2::5"),
+                         {"cleared": "2001:db8:1::/48", "lockouts_removed": 0})
+
+    async def test_clear_errors_touch_nothing(self):
+        not_ip, wide = await together(
+            self.error("throttle", "clear", "mail.example.com"),
+            self.error("throttle", "clear", "192.0.2.0/24"))
+        self.assertEqual(not_ip, "mailgw: not an IP address or network: 'mail.example.com'")
+        self.assertEqual(wide, "mailgw: 192.0.2.0/24 holds several throttled addresses: "
+                               "name an IPv4 address")
+        self.assertFalse(os.path.exists(self.database))
+        self.assertEqual(await self.error("throttle", "clear", code=2),
+                         "mailgw throttle clear: error: the following arguments are "
+                         "required: ADDRESS")

@@ -109,6 +109,17 @@ class DevSetupTests(unittest.TestCase):
                           ("tcp:2465:interface=127.0.0.1", "implicit", True)])
         self.assertIn("set this to false", Path(self.path("mailgw.toml")).read_text())
 
+    def test_loopback_is_never_locked_out(self):
+        from twisted.internet.task import Clock
+
+        from mailgw.auth.throttle import FailureThrottle
+        config = load_config(self.path("mailgw.toml"))
+        self.assertEqual(config.auth_throttle.exempt, ("127.0.0.0/8", "::1"))
+        throttle = FailureThrottle.from_config(Clock(), config.auth_throttle)
+        for address in ("127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"):
+            self.assertFalse(any(throttle.record_failure(address) for _ in range(50)))
+        self.assertTrue(any(throttle.record_failure("192.0.2.1") for _ in range(50)))
+
     def test_certificate(self):
         cert_path, key_path = self.path("tls/cert.pem"), self.path("tls/key.pem")
         cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())

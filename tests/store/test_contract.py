@@ -1,5 +1,5 @@
-"""The store contract: every method of IDirectory, IQueue and IAdmin, written
-once (L{StoreContract}) and run against each engine.
+"""The store contract: every method of IDirectory, IQueue and IAdmin (the
+failure throttle's notice board included), written once (L{StoreContract}) and run against each engine.
 
 An engine's TestCase supplies two hooks: C{new_location()} (a fresh, empty
 database: a file path or a URL) and C{store_at(location)} (an unstarted store
@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 from mailgw.interfaces import Conflict, IStore, NotFound, StoreUnavailable
 from mailgw.model import MessageEnvelope, generate_key, generate_token
-from mailgw.store.base import CHUNK_SIZE, Q, schema_files
+from mailgw.store.base import CHUNK_SIZE, CLEAR_RETENTION, Lockout, Q, schema_files
 from tests import pgcluster
 from tests.store import postgres_admin
 
@@ -35,6 +35,20 @@ def _insert_organization_twice(permalink):
     for _ in range(2):
         yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
                 "VALUES (?, ?, ?, ?)", (permalink, "x", False, 0.0))
+
+
+def _rows_of(table):
+    rows = yield Q(f"SELECT count(*) FROM {table}")
+    return rows[0][0]
+
+
+def _add_clear(address, cleared_at):
+    yield Q("INSERT INTO throttle_clears (address_key, cleared_at) VALUES (?, ?)",
+            (address, cleared_at))
+
+
+def _delete_clears():
+    yield Q("DELETE FROM throttle_clears")
 
 
 class StoreContract:
@@ -617,6 +631,104 @@ class StoreContract:
     def test_get_entry_not_found(self):
         yield self.tenancy()
         yield self.assertFailure(self.store.get_entry(12345), NotFound)
+
+    # -- IAdmin: the failure throttle's notice board -------------------------------
+
+    @defer.inlineCallbacks
+    def test_lockouts_in_force_of_every_node(self):
+        from twisted.internet import reactor
+        now = reactor.seconds()
+        s = self.store
+        yield s.record_lockout("192.0.2.1", "node-b", "key", now + 100, 10)
+        yield s.record_lockout("192.0.2.1", "node-a", "key", now + 200, 10)
+        yield s.record_lockout("192.0.2.1", "node-a", "anonymous", now + 300, 100)
+        yield s.record_lockout("2001:db8:1:2::/64", "node-a", "key", now + 50, 12)
+        yield s.record_lockout("198.51.100.7", "node-a", "key", now - 1, 10)  # expired
+        other = yield self.make_store()  # another node, or the command line
+        self.assertEqual((yield other.list_lockouts()), [
+            Lockout("192.0.2.1", "anonymous", "node-a", now + 300, 100),
+            Lockout("192.0.2.1", "key", "node-a", now + 200, 10),
+            Lockout("192.0.2.1", "key", "node-b", now + 100, 10),
+            Lockout("2001:db8:1:2::/64", "key", "node-a", now + 50, 12)])
+
+    @defer.inlineCallbacks
+    def test_record_lockout_renews_and_sweeps_expired_rows(self):
+        from twisted.internet import reactor
+        now = reactor.seconds()
+        s = self.store
+        yield s.record_lockout("198.51.100.7", "node-a", "key", now - 1, 10)
+        yield s.record_lockout("192.0.2.1", "node-a", "key", now + 100, 10)
+        self.assertEqual((yield s._read(_rows_of, "lockouts")), 1)
+        yield s.record_lockout("192.0.2.1", "node-a", "key", now + 900, 11)
+        self.assertEqual((yield s.list_lockouts()),
+                         [Lockout("192.0.2.1", "key", "node-a", now + 900, 11)])
+
+    @defer.inlineCallbacks
+    def test_lockout_kind_is_key_or_anonymous(self):
+        from twisted.internet import reactor
+        yield self.assertFailure(self.store.record_lockout(
+            "192.0.2.1", "node-a", "other", reactor.seconds() + 10, 1), Conflict)
+
+    @defer.inlineCallbacks
+    def test_clear_removes_every_nodes_lockouts_and_records_a_clear(self):
+        from twisted.internet import reactor
+        now = reactor.seconds()
+        s = self.store
+        self.assertEqual((yield s.latest_throttle_clear()), 0)
+        self.assertEqual((yield s.throttle_clears_after(0)), [])
+        for node, kind in (("node-a", "key"), ("node-b", "key"), ("node-a", "anonymous")):
+            yield s.record_lockout("192.0.2.1", node, kind, now + 100, 10)
+        yield s.record_lockout("192.0.2.2", "node-a", "key", now + 100, 10)
+        self.assertEqual((yield s.clear_lockouts("192.0.2.1")), 3)
+        self.assertEqual([lo.address for lo in (yield s.list_lockouts())], ["192.0.2.2"])
+        clears = yield s.throttle_clears_after(0)
+        self.assertEqual([c.address for c in clears], ["192.0.2.1"])
+        self.assertTrue(now - 1 <= clears[0].cleared_at <= reactor.seconds() + 1)
+        self.assertEqual((yield s.latest_throttle_clear()), clears[0].id)
+        # a clear of what no node holds is recorded all the same: nodes may
+        # have counted failures of it without a lock-out
+        self.assertEqual((yield s.clear_lockouts("203.0.113.9")), 0)
+        self.assertEqual((yield s.clear_lockouts("192.0.2.1")), 0)
+        later = yield s.throttle_clears_after(clears[0].id)
+        self.assertEqual([c.address for c in later], ["203.0.113.9", "192.0.2.1"])
+        self.assertLess(clears[0].id, later[0].id)
+        self.assertLess(later[0].id, later[1].id)
+
+    @defer.inlineCallbacks
+    def test_clears_are_pruned_after_a_day_and_ids_never_reused(self):
+        from twisted.internet import reactor
+        s = self.store
+        yield s._run(_add_clear, "192.0.2.1", reactor.seconds() - CLEAR_RETENTION - 10)
+        yield s.clear_lockouts("192.0.2.2")
+        clears = yield s.throttle_clears_after(0)
+        self.assertEqual([c.address for c in clears], ["192.0.2.2"])
+        yield s._run(_delete_clears)
+        yield s.clear_lockouts("192.0.2.3")
+        self.assertGreater((yield s.latest_throttle_clear()), clears[0].id)
+
+    @defer.inlineCallbacks
+    def test_concurrent_clears_from_two_stores_get_distinct_growing_ids(self):
+        other = yield self.make_store()
+        yield defer.gatherResults([(self.store, other)[i % 2].clear_lockouts(f"192.0.2.{i}")
+                                   for i in range(20)])
+        clears = yield self.store.throttle_clears_after(0)
+        self.assertEqual(sorted(c.address for c in clears),
+                         sorted(f"192.0.2.{i}" for i in range(20)))
+        ids = [c.id for c in clears]
+        self.assertEqual(ids, sorted(set(ids)))
+
+    @defer.inlineCallbacks
+    def test_forget_lockouts_of_one_node(self):
+        from twisted.internet import reactor
+        now = reactor.seconds()
+        s = self.store
+        yield s.record_lockout("192.0.2.1", "node-a", "key", now + 100, 10)
+        yield s.record_lockout("192.0.2.1", "node-b", "key", now + 100, 10)
+        yield s.record_lockout("192.0.2.2", "node-a", "anonymous", now + 100, 100)
+        yield s.forget_lockouts("node-a")
+        self.assertEqual([(lo.address, lo.node) for lo in (yield s.list_lockouts())],
+                         [("192.0.2.1", "node-b")])
+        self.assertEqual((yield s.throttle_clears_after(0)), [])
 
     # -- engine behaviour every engine must share ----------------------------------------
 
