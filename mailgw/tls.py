@@ -74,25 +74,30 @@ def _public_key_bytes(key) -> bytes:
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def ecdh_curve(curves) -> ec.EllipticCurve:
-    """The key exchange group to set for C{tls.curves}.
+def ecdh_curve(curves) -> ec.EllipticCurve | None:
+    """The key exchange group to set for C{tls.curves}, or C{None} to keep
+    OpenSSL's own list.
 
     pyOpenSSL (up to 26.4 at least) has no binding of
     C{SSL_CTX_set1_groups_list}, only C{Context.set_tmp_ecdh}, which
-    restricts the context to one elliptic curve. So the first curve of the
-    list that it can take is the one group offered: P-256 for the default
-    list. X25519 and X448 cannot be set that way and are skipped; every TLS
-    client offers P-256 (a TLS 1.3 client that sent an X25519 key share is
-    asked for a P-256 one, RFC 8446 section 4.1.4).
+    restricts the context to one NIST curve and cannot name X25519. A list
+    with X25519 (the default) therefore keeps OpenSSL's groups, X25519 first:
+    restricting them to P-256 would make every TLS 1.3 client that sent an
+    X25519 key share, which is nearly all of them, pay a HelloRetryRequest
+    round trip (RFC 8446 section 4.1.4). OpenSSL's list also holds X448 and
+    P-521, both strong. A list of NIST curves only restricts the server to
+    its first one.
 
     @param curves: group names, most preferred first.
-    @return: the curve for C{set_tmp_ecdh}.
+    @return: the curve for C{set_tmp_ecdh}, or C{None}.
     @raise TLSConfigError: a name is unknown, or none can be set.
     """
     unknown = [name for name in curves
                if name.lower() not in _EC_CURVES and name.lower() not in _OTHER_GROUPS]
     if unknown:
         raise TLSConfigError(f"tls.curves: unknown key exchange group {unknown[0]!r}")
+    if any(name.lower() in _OTHER_GROUPS for name in curves):
+        return None
     for name in curves:
         if name.lower() in _EC_CURVES:
             return _EC_CURVES[name.lower()]()
@@ -147,7 +152,8 @@ def _load(certificate: str, private_key: str, min_version: str, ciphers: str,
         # of these options shares it.
         context = options.getContext()
         context.set_alpn_select_callback(_ignore_alpn)
-        context.set_tmp_ecdh(curve)
+        if curve is not None:
+            context.set_tmp_ecdh(curve)
     except SSL.Error as e:
         raise TLSConfigError(f"tls.certificate {certificate}: cannot be used: {e}") from None
     return options, chain[0]
