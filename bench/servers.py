@@ -80,8 +80,13 @@ class ServerProcess:
     """A server child whose log file announces its port."""
 
     def __init__(self, name: str, argv: list[str], folder: str, log_name: str,
-                 env: dict | None = None):
+                 env: dict | None = None, ready: str | None = None):
+        """
+        @param ready: a log text that says the server takes work, beyond its
+            listening line (mailgw binds first and opens its store next).
+        """
         self.name = name
+        self.ready = ready
         self.env = dict(child_env(), **(env or {}))
         self.argv = argv
         self.folder = folder
@@ -106,8 +111,9 @@ class ServerProcess:
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            m = LISTENING.search(self._log_since(offset))
-            if m:
+            text = self._log_since(offset)
+            m = LISTENING.search(text)
+            if m and (self.ready is None or self.ready in text):
                 self.port = int(m.group(3))
                 return self
             if self.process.poll() is not None:
@@ -272,7 +278,7 @@ def _twistd(folder: str, config: str, levers: str, log_name: str) -> ServerProce
         name = "mailgw"
     argv = [sys.executable, *start, "-n", "--pidfile=", f"--logfile={log_name}", "mailgw",
             "--config", config]
-    return ServerProcess(name, argv, folder, log_name)
+    return ServerProcess(name, argv, folder, log_name, ready="store open: accepting mail")
 
 
 def baseline_process(folder: str, cert: str, key: str, password: str,

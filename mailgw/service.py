@@ -1,14 +1,24 @@
 """Wiring: one C{MultiService} holding the store, the TLS options, every
-listener and the metrics listener, started in order (the store and its schema
-first, then the listeners) and stopped gracefully (stop accepting, let
-transactions in flight finish within the grace period, 421 to idle sessions,
-then close the store)."""
+listener and the metrics listener.
+
+Every listener is a child from construction, so it binds in
+C{privilegedStartService}, before twistd drops privileges (ports below 1024
+with C{twistd -u}); the certificate, the key and the package's schema files
+are read then too. The store opens in C{startService}: until it answers,
+SMTP sessions get C{421 ... Service not available}, the API a
+C{TemporaryFailure} and C{/health} 503; then the relay and the lock-out
+poller start. A start that fails says why in one line and exits non-zero.
+The stop is graceful: stop accepting, let transactions in flight finish
+within the grace period, 421 to idle sessions, then close the store."""
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 
-from twisted.application import internet, service
-from twisted.internet import defer, endpoints
+from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -17,12 +27,14 @@ from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle, SharedLockouts
 from mailgw.config import Config
+from mailgw.listeners import ListenerService, parse_endpoint
 from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
 from mailgw.relay.service import RelayService
 from mailgw.store import open_store
+from mailgw.store.base import schema_files
 from mailgw.store.cache import CachingDirectory
 from mailgw.store.files import private_directory
 from mailgw.submission import CoreSettings, SubmissionCore
@@ -50,29 +62,59 @@ def protocol_settings(config: Config, listener) -> ProtocolSettings:
     )
 
 
-def _endpoint_service(reactor, description, factory, label):
-    svc = internet.StreamServerEndpointService(
-        endpoints.serverFromString(reactor, description), factory)
-    svc._raiseSynchronously = True
-    svc.label = label
-    return svc
+class AfterStore(service.MultiService):
+    """Services that need the store: started only once it is open."""
+
+    def __init__(self, ready: defer.Deferred):
+        super().__init__()
+        self._ready = ready
+        self._started = False
+
+    def startService(self):
+        service.Service.startService(self)
+        self._ready.addCallback(self._start)
+
+    def _start(self, result):
+        if self.running and not self._started:
+            self._started = True
+            service.MultiService.startService(self)
+        return result
+
+    def stopService(self):
+        if not self._started:
+            return service.Service.stopService(self)
+        self._started = False
+        return service.MultiService.stopService(self)
+
+
+def exit_status_at_end(code: int) -> None:
+    """Make the process exit with C{code} once twistd has shut down (twistd
+    itself always ends with status 0 after its reactor stops)."""
+    def leave():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    atexit.register(leave)
 
 
 class GatewayService(service.MultiService):
-    """The store first; the listeners only once it answers."""
+    """The whole gateway: listeners bound while privileged, the store opened
+    next, and what needs the store started once it is open."""
 
     def __init__(self, config: Config, reactor):
         super().__init__()
+        #: fires once the store is open and its schema current
+        self.ready = defer.Deferred()
         self.config = config
         self.reactor = reactor
         self.metrics = Metrics()
         self.raw_store = open_store(config.database.url, reactor, config.database.pool_size,
                                     store_timeout=config.database.store_timeout)
+        schema_files(self.raw_store.engine)  # package data, read while still privileged
         self.store = TimedStore(self.raw_store, self.metrics)
         #: what sessions read on the message path: reused for up to a second
         self.directory = CachingDirectory(self.store, reactor)
-        self.tls = TLSOptions.from_config(config.tls) if config.tls else None
-        private_directory(config.spool_directory, log)
+        self.tls = TLSOptions.from_config(config.tls, self.metrics) if config.tls else None
         #: the end of every submission, SMTP and HTTP alike
         self.core = SubmissionCore(self.directory, reactor, CoreSettings(
             config.hostname, config.limits.max_message_size, config.limits.max_header_size,
@@ -90,75 +132,83 @@ class GatewayService(service.MultiService):
         self.guard = AuthenticationGuard(throttles["key"], throttles["anonymous"])
         self.lockouts = SharedLockouts(self.store, reactor, throttles)
         self.portal = build_portal(self.directory, reactor, make_delivery, self.guard)
+        #: what must not serve before the store is open (their C{ready} flags)
+        self.gates = []
+        self.factories = []
+        self.listeners = [self._listener(i, listener)
+                          for i, listener in enumerate(config.listeners)]
         self.api = None
         if config.http_api is not None:
-            self.api = api_listener_service(
-                build_api_site(self.portal, self.core, config, reactor,
-                               self.metrics),
-                config, self.tls, reactor, self.metrics)
-        self.factories = []
-        self.listeners = [self._listener(listener) for listener in config.listeners]
+            site = build_api_site(self.portal, self.core, config, reactor, self.metrics)
+            self.gates.append(site.resource)
+            self.api = api_listener_service(site, config, self.tls, reactor, self.metrics)
+            self.listeners.append(self.api)
         if config.metrics.endpoint:
-            self.listeners.append(_endpoint_service(
-                reactor, config.metrics.endpoint, health_site(self.store, self.metrics),
-                f"{config.metrics.endpoint} (metrics and health)"))
+            site = health_site(self.store, self.metrics)
+            self.gates += site.gates
+            self.listeners.append(ListenerService(
+                parse_endpoint(reactor, config.metrics.endpoint, "metrics.endpoint"), site,
+                config.metrics.endpoint, "metrics.endpoint",
+                "listening on {endpoint} at {host} port {port} (metrics and health)"))
+        for gate in self.gates:
+            gate.ready = False
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self.after_store = AfterStore(self.ready)
+        self.after_store.setServiceParent(self)
+        self.lockouts.setServiceParent(self.after_store)  # polls the operator's clears
         self.relay = None
         if config.relay.enabled:
             self.relay = RelayService(self.store, config.relay, reactor,
                                       hostname=config.hostname, metrics=self.metrics,
                                       stop_grace=config.shutdown_grace)
             self.directory.after_enqueue = self.relay.wake
+            self.relay.setServiceParent(self.after_store)
 
-    def _listener(self, listener):
+    def _listener(self, index: int, listener) -> ListenerService:
         settings = protocol_settings(self.config, listener)
         starttls = self.tls if listener.tls == "starttls" else None
         factory = SubmissionFactory(settings, self.portal, self.reactor, starttls,
                                     self.guard, self.metrics)
         self.factories.append(factory)
+        self.gates.append(factory)
         wrapped = factory
         if listener.tls == "implicit":
             wrapped = TLSMemoryBIOFactory(self.tls, False, wrapped)
         if listener.proxy_protocol:
             wrapped = ProxyProtocolFactory(wrapped, listener.trusted_proxies, self.reactor,
                                            listener.tls_handshake_timeout)
-        return _endpoint_service(
-            self.reactor, listener.endpoint, wrapped,
-            f"{listener.endpoint} (tls={listener.tls}, auth requires TLS: "
-            f"{listener.requires_tls_for_auth})")
+        where = f"listeners[{index}].endpoint"
+        return ListenerService(
+            parse_endpoint(self.reactor, listener.endpoint, where), wrapped,
+            listener.endpoint, where,
+            "listening on {endpoint} at {host} port {port} "
+            f"(tls={listener.tls}, auth requires TLS: {listener.requires_tls_for_auth})")
 
     def startService(self):
         super().startService()
-        d = self.raw_store.start()
-        d.addCallback(lambda _: self.raw_store.upgrade())
-        d.addCallback(self._serve)
-        d.addErrback(self._failed_to_start)
-
-    def _serve(self, applied):
-        if applied:
-            log.info("database schema upgraded to version {v}", v=applied[-1])
-        for svc in self.listeners:
-            svc.setServiceParent(self)
-            svc._waitingForPort.addCallback(self._listening, svc.label)
-        if self.api is not None:
-            self.api.setServiceParent(self)
-        if self.relay is not None:
-            self.relay.setServiceParent(self)
-        self.lockouts.setServiceParent(self)  # polls the operator's clears
         if self.tls is not None and self.config.tls.reload_interval > 0:
             self._reload = LoopingCall(self.tls.reload_if_changed)
             self._reload.clock = self.reactor
             self._reload.start(self.config.tls.reload_interval, now=False)
         self._install_sighup()
-        return True
+        try:
+            # Made here, as the user twistd switched to, so that user owns it.
+            private_directory(self.config.spool_directory, log)
+        except OSError as e:
+            return self._cannot_start(f"cannot use the spool directory "
+                                      f"{self.config.spool_directory}: {e.strerror}")
+        d = self.raw_store.start()
+        d.addCallback(lambda _: self.raw_store.upgrade())
+        d.addCallbacks(self._open, self._failed_to_start)
 
-    @staticmethod
-    def _listening(port, label):
-        address = port.getHost()
-        endpoint, _, detail = label.partition(" ")
-        # tests and operators read the bound port from this line
-        log.info("listening on {endpoint} at {host} port {port} {detail}",
-                 endpoint=endpoint, host=address.host, port=address.port, detail=detail)
-        return port
+    def _open(self, applied):
+        if applied:
+            log.info("database schema upgraded to version {v}", v=applied[-1])
+        for gate in self.gates:
+            gate.ready = True
+        log.info("store open: accepting mail")
+        self.ready.callback(None)
 
     def _install_sighup(self):
         if self.tls is None:
@@ -170,10 +220,17 @@ class GatewayService(service.MultiService):
             pass
 
     def _failed_to_start(self, failure):
-        log.failure("mailgw could not start", failure)
+        self._cannot_start(f"cannot open the store {_without_password(self.config.database.url)}"
+                           f": {failure.getErrorMessage()}")
+
+    def _cannot_start(self, why: str):
+        # One line, then a non-zero exit (systemd's Restart=on-failure retries).
+        log.critical("mailgw: {why}", why=why)
+        exit_status_at_end(1)
         if self.reactor.running:
             self.reactor.stop()
-        return False
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -212,5 +269,18 @@ class GatewayService(service.MultiService):
                 session.transport.abortConnection()
 
 
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
 def build_service(config: Config, reactor) -> GatewayService:
+    """The gateway for C{config}.
+
+    @raise mailgw.listeners.StartupError: a listener's endpoint does not parse.
+    @raise mailgw.tls.TLSConfigError: the TLS files or settings cannot be used.
+    """
     return GatewayService(config, reactor)

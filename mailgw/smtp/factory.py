@@ -35,6 +35,8 @@ class SubmissionFactory(Factory):
 
     protocol = SubmissionProtocol
     noisy = False
+    #: False until the gateway's store is open: sessions get 421 meanwhile
+    ready = True
 
     def __init__(self, settings: ProtocolSettings, portal, clock, tls_options=None,
                  guard=None, metrics=None):

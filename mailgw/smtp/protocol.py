@@ -83,10 +83,13 @@ class SubmissionProtocol(Protocol):
         self.session = Session(trace_id, self.settings.hostname, self.client_ip,
                                tls=implicit, attempts=self._attempts)
         refused = self.factory.admit(self)
+        reply = replies.too_many_connections(self.settings.hostname)
+        if refused is None and not self.factory.ready:
+            refused, reply = "store not open yet", replies.not_available(self.settings.hostname)
         if refused is not None:
             self.metrics.refused_connections.labels(refused).inc()
             self._log("connection from {ip} refused: {why}", ip=self.client_ip, why=refused)
-            self._reply(replies.too_many_connections(self.settings.hostname))
+            self._reply(reply)
             self._close()
             return
         if self._throttled():

@@ -105,5 +105,9 @@ def too_many_auth_failures(hostname: str) -> SMTPReply:
     return R(421, f"{hostname} Too many authentication failures, try again later")
 
 
+def not_available(hostname: str) -> SMTPReply:
+    return R(421, f"{hostname} Service not available, try again later")
+
+
 def shutting_down(hostname: str) -> SMTPReply:
     return R(421, f"{hostname} Service shutting down")

@@ -8,6 +8,7 @@ value is the operation's result; an exception rolls the transaction back.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -41,15 +42,17 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def schema_files(engine: str) -> list[tuple[int, str]]:
-    """The (version, SQL text) pairs shipped for C{engine}, in order."""
+@functools.cache
+def schema_files(engine: str) -> tuple[tuple[int, str], ...]:
+    """The (version, SQL text) pairs shipped for C{engine}, in order; read
+    once (the gateway reads them before twistd drops privileges)."""
     folder = resources.files("mailgw.store") / "schema" / engine
     found = []
     for item in folder.iterdir():
         name = item.name
         if name.endswith(".sql") and name[:3].isdigit():
             found.append((int(name[:3]), item.read_text(encoding="utf-8")))
-    return sorted(found)
+    return tuple(sorted(found))
 
 
 def split_statements(sql: str) -> list[str]:

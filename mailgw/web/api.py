@@ -20,9 +20,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from twisted.application import internet
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -34,6 +33,7 @@ from mailgw.auth.credentials import APIKey
 from mailgw.auth.guard import LockedOut
 from mailgw.config import HTTPAPIConfig
 from mailgw.interfaces import IAPIClient, StoreError
+from mailgw.listeners import ListenerService, parse_endpoint
 from mailgw.model import generate_token
 from mailgw.submission import (
     QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
@@ -94,6 +94,8 @@ class SendAPI(Resource):
     """The one resource of the API site: routes by path, any method."""
 
     isLeaf = True
+    #: False until the gateway's store is open
+    ready = True
 
     def __init__(self, portal, core, config, clock, metrics=None):
         super().__init__()
@@ -147,6 +149,8 @@ class SendAPI(Resource):
         kind = ROUTES.get(request.path.rstrip(b"/"))
         if kind is None:
             return 404, "error", _error(APIError("RouteNotFound"))
+        if not self.ready:  # the store is not open yet: come back shortly
+            return 200, "error", _error(APIError("TemporaryFailure"))
         trace = generate_token(8)
         ip = client_ip(request)
         try:
@@ -305,32 +309,8 @@ def build_api_site(portal, core, config, clock, metrics=None) -> APISite:
     return site
 
 
-class APIListenerService(internet.StreamServerEndpointService):
-    """Listens for the API; logs where once the port is bound."""
-
-    def __init__(self, endpoint, factory, description: str, https: bool):
-        super().__init__(endpoint, factory)
-        self._raiseSynchronously = True
-        self.description = description
-        self.https = https
-        self.port = None
-
-    def privilegedStartService(self):
-        super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port):
-        if port is not None:
-            self.port = port
-            address = port.getHost()
-            log.info("HTTP API listening on {endpoint} at {host} port {port} "
-                     "(https: {https})", endpoint=self.description, host=address.host,
-                     port=address.port, https="true" if self.https else "false")
-        return port
-
-
 def api_listener_service(site, config, tls_options, reactor,
-                         metrics=None) -> APIListenerService:
+                         metrics=None) -> ListenerService:
     """The service serving C{site} on C{config.http_api.endpoint}, as HTTPS
     with C{tls_options} (the L{mailgw.tls.TLSOptions} SMTP uses, so a renewed
     certificate is served to the next connection) when C{config.http_api.tls}.
@@ -350,5 +330,8 @@ def api_listener_service(site, config, tls_options, reactor,
         factory = TLSMemoryBIOFactory(tls_options, False, site)
     factory = ConnectionCaps(factory, api.max_connections, api.max_connections_per_ip,
                              metrics)
-    endpoint = endpoints.serverFromString(reactor, api.endpoint)
-    return APIListenerService(endpoint, factory, api.endpoint, api.tls)
+    endpoint = parse_endpoint(reactor, api.endpoint, "http_api.endpoint")
+    https = "true" if api.tls else "false"
+    return ListenerService(endpoint, factory, api.endpoint, "http_api.endpoint",
+                           "HTTP API listening on {endpoint} at {host} port {port} "
+                           f"(https: {https})")

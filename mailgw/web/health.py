@@ -4,6 +4,7 @@ with the queue depth read from the store at scrape time."""
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -11,14 +12,18 @@ log = Logger()
 
 
 class HealthResource(resource.Resource):
+    """C{/health}: 200 while the store answers, 503 otherwise (and until it is open)."""
+
     isLeaf = True
+    #: False until the gateway's store is open
+    ready = True
 
     def __init__(self, store):
         super().__init__()
         self._store = store
 
     def render_GET(self, request):
-        d = self._store.ping()
+        d = self._store.ping() if self.ready else defer.fail(RuntimeError("not open yet"))
 
         def answer(ok):
             request.setResponseCode(200 if ok else 503)
@@ -30,7 +35,11 @@ class HealthResource(resource.Resource):
 
 
 class MetricsResource(resource.Resource):
+    """C{/metrics}: the Prometheus text format, the queue depth read at scrape time."""
+
     isLeaf = True
+    #: False until the gateway's store is open
+    ready = True
 
     def __init__(self, store, metrics):
         super().__init__()
@@ -38,7 +47,7 @@ class MetricsResource(resource.Resource):
         self._metrics = metrics
 
     def render_GET(self, request):
-        d = self._store.queue_counts()
+        d = self._store.queue_counts() if self.ready else defer.fail(RuntimeError("not open"))
 
         def refresh(counts):
             for status in ("queued", "held", "sent", "failed"):
@@ -55,9 +64,13 @@ class MetricsResource(resource.Resource):
 
 
 def health_site(store, metrics) -> server.Site:
+    """The site of C{/health} and C{/metrics}; its C{gates} are the resources
+    whose C{ready} flag the gateway raises once the store is open."""
     root = resource.Resource()
-    root.putChild(b"health", HealthResource(store))
-    root.putChild(b"metrics", MetricsResource(store, metrics))
+    health, scrape = HealthResource(store), MetricsResource(store, metrics)
+    root.putChild(b"health", health)
+    root.putChild(b"metrics", scrape)
     site = server.Site(root)
     site.noisy = False
+    site.gates = (health, scrape)
     return site

@@ -64,8 +64,14 @@ class Gateway:
     """A running ``twistd -n mailgw``; C{ports} lists (tls mode, port) in
     listener order."""
 
-    def __init__(self, folder: str, config_path: str, extra_args=(), http_api=False):
+    def __init__(self, folder: str, config_path: str, extra_args=(), http_api=False,
+                 twistd_args=()):
+        """
+        @param extra_args: options of C{twistd mailgw} (after the plugin name).
+        @param twistd_args: options of twistd itself (before it), e.g. C{--uid}.
+        """
         self.extra_args = list(extra_args)
+        self.twistd_args = list(twistd_args)
         self.api_port = None
         self._want_api = http_api
         self.folder = folder
@@ -77,15 +83,17 @@ class Gateway:
     def start(self, expected_listeners: int):
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            _twistd() + ["-n", "--pidfile=", "mailgw", "--config", self.config_path]
+            _twistd() + ["-n", "--pidfile=", *self.twistd_args, "mailgw",
+                         "--config", self.config_path]
             + self.extra_args,
             cwd=self.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONPATH=ROOT))
         deadline = time.monotonic() + START_TIMEOUT
         buffer = b""
         self.metrics_port = None
+        self.store_open = False
         while (len(self.ports) < expected_listeners or self.metrics_port is None
-               or (self._want_api and self.api_port is None)):
+               or (self._want_api and self.api_port is None) or not self.store_open):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 self.stop()
@@ -100,6 +108,8 @@ class Gateway:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 text = line.decode("utf-8", "replace")
+                # Listeners bind first; mail is accepted once the store is open.
+                self.store_open = self.store_open or "store open: accepting mail" in text
                 api = HTTP_API.search(text)
                 if api:
                     self.api_port = int(api.group(1))

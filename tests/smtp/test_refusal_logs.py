@@ -67,3 +67,26 @@ class RefusalLogTests(unittest.TestCase):
         h.protocol.handshakeCompleted()
         h.protocol.connectionLost(Failure(ConnectionError("closed")))
         self.assertEqual(self.lines("TLS handshake failed"), [])
+
+
+class NotReadyTests(unittest.TestCase):
+    """Listeners bind before the store opens: meanwhile sessions are told to come back."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.store = yield make_store(self)
+        yield seed_tenancy(self.store)
+
+    def test_421_until_the_store_is_open(self):
+        h = Harness(self, self.store)
+        h.factory.ready = False
+        self.assertEqual(h.connect(), [b"421 mx.mailgw.test Service not available, "
+                                       b"try again later"])
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.factory.total, 1)
+        h.protocol.connectionLost(None)
+        self.assertEqual(h.factory.total, 0)
+        h.factory.ready = True
+        again = Harness(self, self.store)
+        again.factory = h.factory
+        self.assertTrue(again.connect()[0].startswith(b"220 "))

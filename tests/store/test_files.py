@@ -188,6 +188,7 @@ class SpoolTests(unittest.TestCase):
         self.folder = os.path.abspath(self.mktemp())
         os.makedirs(self.folder)
 
+    @defer.inlineCallbacks
     def gateway(self):
         from mailgw.config import Config, DatabaseConfig, MetricsConfig, RelayConfig
         from mailgw.service import GatewayService
@@ -195,17 +196,23 @@ class SpoolTests(unittest.TestCase):
             hostname="mx.mailgw.test", spool_directory=os.path.join(self.folder, "spool"),
             database=DatabaseConfig(url="sqlite:" + os.path.join(self.folder, "db.sqlite3")),
             metrics=MetricsConfig(endpoint=""), relay=RelayConfig(enabled=False))
+        gateway = GatewayService(config, reactor)  # no listener, no relay
+        # The spool is made at start, as the user twistd may have switched to.
         with capturedLogs() as events:
-            GatewayService(config, reactor)  # not started: nothing listens
+            gateway.startService()
+        yield gateway.ready
+        yield gateway.stopService()
         return config.spool_directory, events
 
+    @defer.inlineCallbacks
     def test_new_spool_is_private(self):
-        spool, events = self.gateway()
+        spool, events = yield self.gateway()
         self.assertEqual(mode(spool), 0o700)
         self.assertEqual(tightened(events), [])
 
+    @defer.inlineCallbacks
     def test_existing_spool_is_tightened(self):
         os.mkdir(os.path.join(self.folder, "spool"), 0o755)
-        spool, events = self.gateway()
+        spool, events = yield self.gateway()
         self.assertEqual(mode(spool), 0o700)
         self.assertEqual(tightened(events), [(spool, "0755", "0700")])
