@@ -13,15 +13,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): setup.cfg pyproject.toml | $(PY)
+	@echo "make: installing mailgw and its dependencies into $(VENV) (about a minute the first time)"
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 install: $(INSTALLED)
 
+# Ctrl-C (or a SIGTERM) is how a development gateway ends: not an error.
 run: $(INSTALLED)
 	$(PY) -m mailgw.admin.devsetup --config $(CONFIG)
-	$(VENV)/bin/twistd -n --pidfile= mailgw --config $(CONFIG)
+	@$(VENV)/bin/twistd -n --pidfile= mailgw --config $(CONFIG) & pid=$$!; \
+	  trap 'kill -TERM $$pid 2>/dev/null' INT TERM; \
+	  wait $$pid; status=$$?; [ $$status -lt 128 ] || wait $$pid; status=$$?; \
+	  [ $$status -eq 0 -o $$status -eq 130 -o $$status -eq 143 ] || exit $$status
 
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check --quiet .

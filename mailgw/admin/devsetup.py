@@ -23,6 +23,7 @@ from mailgw.model import generate_key
 from mailgw.store.files import private_directory
 
 DEMO_ORG, DEMO_SERVER, DEMO_DOMAIN, DEMO_CREDENTIAL = "demo", "main", "example.com", "demo"
+DEMO_API_CREDENTIAL = "demo-api"
 
 CONFIG_TEMPLATE = """\
 # Development config written by `make run` (python -m mailgw.admin.devsetup).
@@ -43,6 +44,11 @@ enabled = false
 [metrics]
 # /health and /metrics
 endpoint = "tcp:9091:interface=127.0.0.1"
+
+[http_api]
+# Postal's HTTP send API (/api/v1/send/message and /send/raw), with the demo
+# api credential's key in X-Server-API-Key.
+endpoint = "tcp:8025:interface=127.0.0.1"
 
 [auth_throttle]
 # You, trying things on this machine, are never locked out by a mistyped key.
@@ -127,28 +133,28 @@ def ensure_certificate(certificate: str, private_key: str) -> None:
     say(f"wrote a self-signed certificate for localhost: {certificate}")
 
 
-async def demo_key(store) -> str | None:
-    """The demo credential's key, creating the demo tenant on an empty
-    database. C{None} when the database has other tenants but no demo."""
+async def demo_key(store) -> tuple[str | None, str | None]:
+    """The demo credentials' keys (smtp, api), creating the demo tenant on an
+    empty database. C{None} for one the database does not have (other
+    tenants, or a database made before the api credential was)."""
     from mailgw.interfaces import NotFound
     if not await store.list_organizations():
         server = (DEMO_ORG, DEMO_SERVER)
         await store.add_organization(DEMO_ORG, "Demo")
         await store.add_server(DEMO_ORG, DEMO_SERVER, "Demo mail server")
         await store.add_domain(DEMO_DOMAIN, server=server, verified=True)
-        credential = await store.add_credential(server, "smtp", generate_key(),
-                                                name=DEMO_CREDENTIAL)
-        say(f"created organization {DEMO_ORG}, server {DEMO_ORG}/{DEMO_SERVER}, "
-            f"verified domain {DEMO_DOMAIN} and SMTP credential {DEMO_CREDENTIAL!r}")
-        return credential.key
+        smtp = await store.add_credential(server, "smtp", generate_key(), name=DEMO_CREDENTIAL)
+        api = await store.add_credential(server, "api", generate_key(), name=DEMO_API_CREDENTIAL)
+        say(f"created organization {DEMO_ORG}, server {DEMO_ORG}/{DEMO_SERVER}, verified "
+            f"domain {DEMO_DOMAIN}, SMTP credential {DEMO_CREDENTIAL!r} and API credential "
+            f"{DEMO_API_CREDENTIAL!r}")
+        return smtp.key, api.key
     try:
         credentials = await store.list_credentials((DEMO_ORG, DEMO_SERVER))
     except NotFound:
-        return None
-    for credential in credentials:
-        if credential.type == "smtp" and credential.name == DEMO_CREDENTIAL:
-            return credential.key
-    return None
+        return None, None
+    keys = {(c.type, c.name): c.key for c in credentials}
+    return (keys.get(("smtp", DEMO_CREDENTIAL)), keys.get(("api", DEMO_API_CREDENTIAL)))
 
 
 def prepare_store(config) -> str | None:
@@ -187,18 +193,54 @@ def submission_address(config) -> tuple[str, int]:
     return "127.0.0.1", 2525
 
 
-def instructions(key: str, host: str, port: int) -> str:
+def api_address(config) -> str | None:
+    """The base URL of the HTTP API when it listens on a TCP port."""
+    if config.http_api is None:
+        return None
+    m = re.match(r"^tcp:(\d+)(?::.*interface=([^:]+))?", config.http_api.endpoint)
+    if m is None:
+        return None
+    scheme = "https" if config.http_api.tls else "http"
+    return f"{scheme}://{m.group(2) or '127.0.0.1'}:{m.group(1)}"
+
+
+def shown_path(path: str) -> str:
+    """C{path} as the user can type it here: relative below the current folder."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def instructions(key: str, host: str, port: int, certificate: str | None = None,
+                 api_key: str | None = None, api_url: str | None = None,
+                 config_path: str = "var/mailgw.toml") -> str:
+    """The demo key and client lines that check the development certificate
+    (C{certificate}, trusted as its own CA) rather than skipping the check."""
+    ca_swaks = f" --tls-verify --tls-ca-path {certificate}" if certificate else ""
+    context = (f"c = ssl.create_default_context(cafile=\"{certificate}\"); "
+               if certificate else "c = ssl.create_default_context(); ")
     smtplib_line = (
-        f"python3 -c 'import smtplib; s = smtplib.SMTP(\"{host}\", {port}); s.starttls(); "
+        f"python3 -c 'import smtplib, ssl; {context}"
+        f"s = smtplib.SMTP(\"{host}\", {port}); s.starttls(context=c); "
         f"s.login(\"any\", \"{key}\"); s.sendmail(\"you@example.com\", "
         "[\"someone@example.net\"], \"From: you@example.com\\r\\nSubject: hello\\r\\n\\r\\nHello.\\r\\n\"); s.quit()'")
-    return "\n".join([
+    lines = [
         f"demo credential key (server {DEMO_ORG}/{DEMO_SERVER}): {key}",
-        "try it:",
-        f"  swaks --server {host}:{port} --tls --auth PLAIN --auth-user any "
+        "try it (the clients trust the development certificate; see docs/clients.md):",
+        f"  swaks --server {host}:{port} --tls{ca_swaks} --auth PLAIN --auth-user any "
         f"--auth-password {key} --from you@example.com --to someone@example.net",
         f"  {smtplib_line}",
-    ])
+    ]
+    if api_key and api_url:
+        lines += [
+            f"demo api key: {api_key}; the HTTP API:",
+            f"  curl -sS {api_url}/api/v1/send/message -H 'X-Server-API-Key: {api_key}' "
+            "-H 'Content-Type: application/json' -d '{\"to\": [\"someone@example.net\"], "
+            "\"from\": \"you@example.com\", \"subject\": \"hello\", "
+            "\"plain_body\": \"Hello.\"}'",
+        ]
+    lines.append(f"accepted mail stays in the queue: .venv/bin/mailgw --config {config_path} "
+                 "queue list")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,13 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreUnavailable, ValueError, LookupError, OSError) as e:
         print(f"devsetup: {e}", file=sys.stderr)
         return 1
+    key, api_key = key
     if key is None:
         say(f"no demo credential: the database has organizations but no "
             f"{DEMO_ORG}/{DEMO_SERVER} credential named {DEMO_CREDENTIAL!r}; "
             f"add one with `mailgw --config {path} credential add ORG/SERVER --type smtp`")
         return 0
     host, port = submission_address(config)
-    print(instructions(key, host, port))
+    certificate = shown_path(config.tls.certificate) if config.tls is not None else None
+    print(instructions(key, host, port, certificate, api_key, api_address(config), str(path)))
     return 0
 
 

@@ -74,7 +74,8 @@ class DevSetupTests(unittest.TestCase):
         out = self.first.stdout
         self.assertIn("devsetup: wrote var/mailgw.toml\n", out)
         key = KEY_LINE.search(out).group(1)
-        self.assertIn(f"  swaks --server 127.0.0.1:2525 --tls --auth PLAIN --auth-user any "
+        self.assertIn(f"  swaks --server 127.0.0.1:2525 --tls --tls-verify --tls-ca-path "
+                      f"var/tls/cert.pem --auth PLAIN --auth-user any "
                       f"--auth-password {key} --from you@example.com "
                       f"--to someone@example.net\n", out)
         python_line = [ln for ln in out.splitlines() if ln.lstrip().startswith("python3 -c")]
@@ -82,7 +83,10 @@ class DevSetupTests(unittest.TestCase):
         self.assertEqual((program, flag), ("python3", "-c"))
         compile(code, "<one-liner>", "exec")
         self.assertIn(f's.login("any", "{key}")', code)
-        self.assertIn('smtplib.SMTP("127.0.0.1", 2525); s.starttls()', code)
+        self.assertIn('ssl.create_default_context(cafile="var/tls/cert.pem")', code)
+        self.assertIn('smtplib.SMTP("127.0.0.1", 2525); s.starttls(context=c)', code)
+        self.assertRegex(out, r"curl -sS http://127\.0\.0\.1:8025/api/v1/send/message "
+                              r"-H 'X-Server-API-Key: [A-Za-z0-9]{24}'")
 
     def test_second_run_changes_nothing_and_prints_the_same_key(self):
         files = ["mailgw.toml", "tls/cert.pem", "tls/key.pem"]
@@ -146,8 +150,10 @@ class DevSetupTests(unittest.TestCase):
         domains = await store.list_domains(server=("demo", "main"))
         self.assertEqual([(d.name, d.verified) for d in domains], [("example.com", True)])
         credentials = await store.list_credentials(("demo", "main"))
+        api_key = re.search(r"demo api key: ([A-Za-z0-9]{24})", self.first.stdout).group(1)
         self.assertEqual([(c.type, c.name, c.key) for c in credentials],
-                         [("smtp", "demo", KEY_LINE.search(self.first.stdout).group(1))])
+                         [("smtp", "demo", KEY_LINE.search(self.first.stdout).group(1)),
+                          ("api", "demo-api", api_key)])
 
 
 class DevSetupEdgeTests(unittest.TestCase):
