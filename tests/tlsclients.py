@@ -8,50 +8,29 @@ call them directly.
 """
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
 import subprocess
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+
+from mailgw.admin.devsetup import make_certificate
 
 from tests.e2e.gateway import require_tool
 
 
 def make_pair(hostname: str = "localhost", *, key_type: str = "ec",
               days: float = 3650) -> tuple[bytes, bytes, x509.Certificate]:
-    """A self-signed certificate and its key.
+    """A self-signed certificate and its key (L{make_certificate}'s).
 
     @param key_type: C{"ec"} (P-256, as C{make run} writes) or C{"rsa"}
         (2048 bits), for tests of cipher suites that need an RSA key.
     @param days: how long from now the certificate is valid (notAfter).
     @return: C{(certificate PEM, unencrypted PKCS#8 key PEM, certificate)}.
     """
-    if key_type == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=max(0, -days) + 1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(hostname),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return certificate.public_bytes(serialization.Encoding.PEM), key_pem, certificate
+    cert_pem, key_pem = make_certificate(hostname, days=days, key_type=key_type)
+    return cert_pem, key_pem, x509.load_pem_x509_certificate(cert_pem)
 
 
 def write_file(path: str, data: bytes, mtime: float | None = None) -> None:

@@ -85,25 +85,32 @@ def write_config(path: Path) -> None:
     say(f"wrote {path}")
 
 
-def make_certificate(hostname: str = "localhost", years: int = 10) -> tuple[bytes, bytes]:
-    """A self-signed EC P-256 certificate for C{hostname} and 127.0.0.1.
+def make_certificate(hostname: str = "localhost", *, days: float = 3650,
+                     key_type: str = "ec") -> tuple[bytes, bytes]:
+    """A self-signed certificate for C{hostname} and 127.0.0.1.
 
-    @return: C{(certificate PEM, private key PEM)}.
+    @param days: how long from now it is valid (a negative number makes one
+        that has expired).
+    @param key_type: C{"ec"} (P-256, what C{make run} writes) or C{"rsa"} (2048 bits).
+    @return: C{(certificate PEM, unencrypted PKCS#8 private key PEM)}.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365 * years))
+        .not_valid_before(now - datetime.timedelta(days=max(0, -days), minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([
             x509.DNSName(hostname),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
