@@ -121,6 +121,12 @@ class IAdmin(Interface):
         """Apply the schema files not yet applied, in order.
         @return: Deferred firing with the list of versions applied."""
 
+    def schema_version():
+        """The newest schema version applied, read without changing anything
+        (C{mailgw config check}).
+        @return: Deferred firing with the version, 0 for a database never
+            upgraded."""
+
     def add_organization(permalink, name):
         """@return: Deferred firing with the new L{mailgw.model.Organization}."""
 
@@ -305,6 +311,42 @@ class IRelayQueue(Interface):
         """Delete an entry (and its attempts); its message too when no other
         recipient of it remains. @return: Deferred firing with C{None}.
         @raise NotFound: no such entry."""
+
+    # A message by its queue id: the token of C{250 OK: queued as <token>}
+    # and of the HTTP API's answer, which names the message with every one
+    # of its entries (one per recipient).
+
+    def message_entries(token):
+        """The entries of the message whose queue id is C{token}, by id.
+
+        @return: Deferred firing with a non-empty list of
+            L{mailgw.model.QueueEntry}.
+        @raise NotFound: (as a failure) no such message.
+        """
+
+    def release_message(token):
+        """L{release_entry} for every C{held} entry of the message, at once.
+
+        @return: Deferred firing with the updated entries.
+        @raise NotFound: no such message. @raise Conflict: none of its entries
+            is held.
+        """
+
+    def retry_message(token):
+        """L{retry_entry} for every C{failed} or C{queued} entry of the
+        message, at once.
+
+        @return: Deferred firing with the updated entries.
+        @raise NotFound: no such message. @raise Conflict: none of its entries
+            is failed or queued.
+        """
+
+    def remove_message(token):
+        """Delete the message with every one of its entries and their attempts.
+
+        @return: Deferred firing with the entries removed, as they were.
+        @raise NotFound: no such message.
+        """
 
 
 class IStore(IDirectory, IQueue, IAdmin, IRelayQueue):

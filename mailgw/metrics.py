@@ -142,6 +142,7 @@ class TimedStore:
 
     # IAdmin
     upgrade = _timed("upgrade")
+    schema_version = _timed("schema_version")
     add_organization = _timed("add_organization")
     list_organizations = _timed("list_organizations")
     set_organization_suspended = _timed("set_organization_suspended")
@@ -177,3 +178,7 @@ class TimedStore:
     release_entry = _timed("release_entry")
     retry_entry = _timed("retry_entry")
     remove_entry = _timed("remove_entry")
+    message_entries = _timed("message_entries")
+    release_message = _timed("release_message")
+    retry_message = _timed("retry_message")
+    remove_message = _timed("remove_message")

@@ -1,7 +1,8 @@
 """The ``mailgw`` operator command: organizations, servers, domains,
 credentials, the queue, the failure throttle's lock-outs and the schema, read
 from and written to the store named by the same config file the gateway runs
-with.
+with; and ``config check``, which checks that config as the gateway would use
+it.
 
 ``main`` parses the command line, checks the arguments before the store is
 opened (so a typo changes nothing), then runs one verb of
@@ -12,11 +13,13 @@ line on stderr and exit status 1; usage errors exit 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import configparser
 import ipaddress
 import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from mailgw.admin import commands as c
 from mailgw.admin.output import Output
@@ -129,9 +132,13 @@ class _Nouns:
         verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
         return lambda *a, **kw: self._verb(verbs, *a, **kw)
 
-    def _verb(self, verbs, name, run, help, check=None, schema=True, **defaults):
+    def _verb(self, verbs, name, run, help, check=None, schema=True, store=True,
+              **defaults):
+        """@param store: whether C{run} takes an open store, C{(store, args)},
+        or opens what it needs itself, C{(reactor, config, args)}."""
         p = verbs.add_parser(name, help=help, parents=[self._common])
-        p.set_defaults(run=run, check=check, needs_schema=schema, **defaults)
+        p.set_defaults(run=run, check=check, needs_schema=schema, needs_store=store,
+                       **defaults)
         return p
 
 
@@ -208,24 +215,31 @@ def _credential_verbs(verb) -> None:
         "id", metavar="ID", type=int)
 
 
+#: what a queue verb's ID may be
+QUEUE_REF_HELP = ("a queue entry id, or a message's queue id (the TOKEN of `queue list`, "
+                  "as in `250 OK: queued as TOKEN` and the HTTP API's token)")
+
+
 def _queue_verbs(verb) -> None:
     p = verb("list", c.queue_list, "list queue entries, oldest first")
     p.add_argument("--status", choices=QUEUE_STATUSES)
     p.add_argument("--server", metavar="ORG/SERVER")
     p.add_argument("--limit", type=positive_int, metavar="N")
     p = verb("show", c.queue_show, "show a queue entry, its delivery attempts and its "
-             "message headers",
+             "message headers; or a message with every one of its entries",
              check=c.check_queue_show)
-    p.add_argument("id", metavar="ID", type=int, help="the queue entry id")
+    p.add_argument("id", metavar="ID", help=QUEUE_REF_HELP)
     p.add_argument("--raw", action="store_true",
                    help="write the stored message bytes exactly")
     for name, run, help in (
-            ("release", c.queue_release, "release a held entry: queued, due now"),
-            ("retry", c.queue_retry, "retry a failed or queued entry now"),
+            ("release", c.queue_release, "release a held entry (or every held entry of "
+                                         "a message): queued, due now"),
+            ("retry", c.queue_retry, "retry a failed or queued entry (or every one of a "
+                                     "message) now"),
             ("remove", c.queue_remove, "remove an entry (and its message when it was "
-                                       "the last recipient)")):
-        verb(name, run, help).add_argument("id", metavar="ID", type=int,
-                                           help="the queue entry id")
+                                       "the last recipient), or a whole message")):
+        verb(name, run, help, check=c.check_queue_ref).add_argument(
+            "id", metavar="ID", help=QUEUE_REF_HELP)
 
 
 def _throttle_verbs(verb) -> None:
@@ -236,14 +250,42 @@ def _throttle_verbs(verb) -> None:
                    help="a client address, or an IPv6 network as `throttle list` shows it")
 
 
+def package_version() -> str:
+    """mailgw's version: the installed distribution's, else (run from a
+    source tree that was never installed) the one C{setup.cfg} declares."""
+    from importlib import metadata
+    try:
+        return metadata.version("mailgw")
+    except metadata.PackageNotFoundError:
+        pass
+    parser = configparser.ConfigParser()
+    parser.read(Path(__file__).resolve().parents[2] / "setup.cfg", encoding="utf-8")
+    return parser.get("metadata", "version", fallback="unknown")
+
+
+class _Version(argparse.Action):
+    """C{--version}: the version is looked up only when asked for (reading
+    the installed distributions' metadata costs tens of milliseconds, which
+    every other command would pay)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"mailgw {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailgw", description="Administer a mailgw gateway's store.")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print mailgw's version and exit")
     parser.add_argument("--config", metavar="FILE", default=None,
                         help=f"the config file (default: $MAILGW_CONFIG, "
                              f"else {DEFAULT_CONFIG})")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     nouns = _Nouns(parser, _common())
+    nouns.noun("config", "the config file")(
+        "check", c.config_check, "check the config as the gateway would use it (TLS "
+        "files, endpoints, database, spool) and show what it would do", store=False)
     nouns.noun("db", "the database schema")("upgrade", c.db_upgrade,
                                              "apply the schema files not yet applied",
                                              schema=False)
@@ -277,6 +319,8 @@ async def session(reactor, config, args) -> Output | int:
     from mailgw.store import open_store
     store = None
     try:
+        if not args.needs_store:
+            return await args.run(reactor, config, args)
         store = open_store(config.database.url, reactor, config.database.pool_size,
                            store_timeout=config.database.store_timeout)
         await store.start()

@@ -3,20 +3,31 @@ arguments and an open store to an L{Output}.
 
 Arguments have been checked before a verb runs (see L{mailgw.admin.cli}):
 permalinks are valid, C{args.server} is an C{(org, server)} pair, and a
-credential's C{args.key} is the key to store. A verb only talks to the store
+credential's C{args.key} is the key to store; a queue verb's C{args.id} is an
+entry id or an upper-case queue id. A verb only talks to the store
 through L{mailgw.interfaces.IAdmin}, L{mailgw.interfaces.IQueue} and
 L{mailgw.interfaces.IRelayQueue}; every
 failure it meets (C{NotFound}, C{Conflict}, ...) becomes the one-line error.
+
+C{config check} is the exception: it is given the reactor and the config
+rather than an open store, and opens (and closes) the store itself.
 """
 from __future__ import annotations
 
+import os
+import re
+import time
+from urllib.parse import parse_qs, unquote, urlsplit
+
 from mailgw.admin.output import (
-    ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, LOCKOUT_COLUMNS,
-    ORGANIZATION_COLUMNS, SERVER_COLUMNS, Output, attempt_json, credential_json, domain_json,
-    entry_json, fields, lockout_json, message_headers, organization_json, printable,
-    server_json, table,
+    ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, LISTENER_COLUMNS,
+    LOCKOUT_COLUMNS, MESSAGE_ENTRY_COLUMNS, ORGANIZATION_COLUMNS, SERVER_COLUMNS, Output,
+    attempt_json, cell, count, credential_json, domain_json, entry_json, fields, iso8601,
+    listener_json, lockout_json, message_headers, message_json, organization_json,
+    printable, relay_json, relay_text, server_json, table,
 )
 from mailgw.auth.throttle import throttle_key
+from mailgw.interfaces import NotFound
 
 #: the settings C{server set} may change, as the store names them
 SERVER_SETTINGS = ("allow_sender_header", "privacy_mode", "mode", "send_limit")
@@ -167,19 +178,63 @@ async def queue_list(store, args) -> Output:
     return _many([entry_json(e) for e in entries], ENTRY_COLUMNS, "no queue entries")
 
 
+#: what a queue verb accepts: an entry id (digits) or a queue id (letters and
+#: digits, the token of C{250 OK: queued as <token>} and of the HTTP API)
+QUEUE_REF_RE = re.compile(r"[A-Za-z0-9]+\Z")
+#: the largest id both engines store (a 64-bit signed integer)
+MAX_ID = 2 ** 63 - 1
+
+
+def check_queue_ref(args) -> None:
+    """Make C{args.id} a queue entry id (digits) or a queue id in upper case:
+    queue ids are upper-case letters and digits, typed by hand in any case.
+
+    @raise ValueError: neither.
+    """
+    if not QUEUE_REF_RE.match(args.id):
+        raise ValueError(f"invalid queue entry id or queue id {args.id!r}: use the ID "
+                         f"or TOKEN that `mailgw queue list` shows")
+    args.id = args.id.upper()
+
+
 def check_queue_show(args) -> None:
+    check_queue_ref(args)
     if args.raw and args.json:
         raise ValueError("--raw writes the message itself; leave out --json")
 
 
+async def resolve(store, ref: str) -> tuple:
+    """What a queue verb's C{ID} names.
+
+    Digits are an entry id, as they always were; a queue id may be all
+    digits too, so digits that are no entry id but have a queue id's length
+    are tried as one.
+
+    @return: C{(entry, None)} for an entry id, or C{(None, entries)} with
+        the entries of the message whose queue id C{ref} is.
+    @raise NotFound: neither exists.
+    """
+    if not ref.isdigit() or int(ref) > MAX_ID:
+        return None, await store.message_entries(ref)
+    try:
+        return await store.get_entry(int(ref)), None
+    except NotFound:
+        from mailgw.submission import QUEUE_ID_LENGTH  # only now: it weighs 20 ms
+        if len(ref) != QUEUE_ID_LENGTH:
+            raise
+    try:
+        return None, await store.message_entries(ref)
+    except NotFound:
+        raise NotFound(f"no queue entry or queue id {ref}") from None
+
+
 async def queue_show(store, args) -> Output:
-    entry = await store.get_entry(args.id)
+    entry, entries = await resolve(store, args.id)
+    if entries is not None:
+        return await _show_message(store, entries, args.raw)
     if args.raw:
         return Output(raw=await store.read_body(entry.message_id))
-    # the header section is within the first stored piece: no need to read
-    # (maybe 50 MB of) the whole message
-    head = await store.read_body_chunk(entry.message_id, 0) or b""
-    headers = message_headers(head).decode("utf-8", "replace").replace("\r\n", "\n")
+    headers = await _headers(store, entry.message_id)
     attempts = [attempt_json(a) for a in await store.get_attempts(entry.id)]
     data = dict(entry_json(entry), headers=headers, delivery_attempts=attempts)
     text = fields(entry_json(entry))
@@ -188,19 +243,76 @@ async def queue_show(store, args) -> Output:
     return Output(data, text)
 
 
+async def _headers(store, message_id: int) -> str:
+    # the header section is within the first stored piece: no need to read
+    # (maybe 50 MB of) the whole message
+    head = await store.read_body_chunk(message_id, 0) or b""
+    return message_headers(head).decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+async def _show_message(store, entries, raw: bool) -> Output:
+    """A message with every one of its entries and their delivery attempts."""
+    message_id = entries[0].message_id
+    if raw:
+        return Output(raw=await store.read_body(message_id))
+    rows, sections = [], []
+    for entry in entries:
+        try:
+            attempts = [attempt_json(a) for a in await store.get_attempts(entry.id)]
+        except NotFound:  # removed since the message was read
+            continue
+        rows.append(dict(entry_json(entry), delivery_attempts=attempts))
+        sections.append(f"delivery attempts of entry {entry.id} "
+                        f"({printable(entry.rcpt_to)}):\n"
+                        + table(ATTEMPT_COLUMNS, attempts, "  none yet"))
+    headers = await _headers(store, message_id)
+    message = message_json(entries[0])
+    data = dict(message, entries=rows, headers=headers)
+    text = fields(message)
+    text += "\n\nqueue entries:\n" + table(MESSAGE_ENTRY_COLUMNS, rows, "  none")
+    text += "".join("\n\n" + section for section in sections)
+    text += "\n\n" + printable(headers)
+    return Output(data, text)
+
+
+def _requeued(verb: str, token: str, changed, total: int) -> Output:
+    rows = [entry_json(e) for e in changed]
+    text = (f"{verb} {len(changed)} of {count(total, 'queue entry', 'queue entries')} "
+            f"of {token}\n" + table(ENTRY_COLUMNS, rows, ""))
+    return Output({"token": token, verb: len(changed), "entries": rows}, text)
+
+
 async def queue_release(store, args) -> Output:
-    """A held entry back to the queue, due now."""
-    return _one(entry_json(await store.release_entry(args.id)))
+    """A held entry back to the queue, due now; or every held entry of a
+    message."""
+    entry, entries = await resolve(store, args.id)
+    if entry is not None:
+        return _one(entry_json(await store.release_entry(entry.id)))
+    released = await store.release_message(args.id)
+    return _requeued("released", args.id, released, len(entries))
 
 
 async def queue_retry(store, args) -> Output:
-    """A failed (or waiting) entry due now."""
-    return _one(entry_json(await store.retry_entry(args.id)))
+    """A failed (or waiting) entry due now; or every failed or waiting entry
+    of a message."""
+    entry, entries = await resolve(store, args.id)
+    if entry is not None:
+        return _one(entry_json(await store.retry_entry(entry.id)))
+    retried = await store.retry_message(args.id)
+    return _requeued("retried", args.id, retried, len(entries))
 
 
 async def queue_remove(store, args) -> Output:
-    await store.remove_entry(args.id)
-    return _removed("queue entry", args.id)
+    """An entry (and its message, when it was the last recipient); or a
+    message with every one of its entries."""
+    entry, _ = await resolve(store, args.id)
+    if entry is not None:
+        await store.remove_entry(entry.id)
+        return _removed("queue entry", entry.id)
+    removed = await store.remove_message(args.id)
+    return Output({"removed": "message", "token": args.id, "entries_removed": len(removed)},
+                  f"removed message {args.id} and its "
+                  f"{count(len(removed), 'queue entry', 'queue entries')}")
 
 
 # -- the failure throttle (docs/operations.md) ---------------------------------
@@ -225,3 +337,177 @@ async def throttle_clear(store, args) -> Output:
     text = (f"cleared {args.address}: {removed} lock-out{'' if removed == 1 else 's'} "
             f"removed; running gateways forget its failures within a few seconds")
     return Output({"cleared": args.address, "lockouts_removed": removed}, text)
+
+
+# -- config check ------------------------------------------------------------------
+#
+# What `twistd mailgw` would do with the config before it accepts mail, done
+# without listening on anything or changing the database: the first problem
+# met is the one-line error. The config itself has been parsed by then.
+
+async def config_check(reactor, config, args) -> Output:
+    """Check C{config} as the gateway would use it and show what it would do.
+
+    @param reactor: for the endpoints (parsed, never listened on) and the store.
+    @raise ValueError: with the line to show the operator (so do
+        C{StoreUnavailable} and C{OSError}).
+    """
+    tls = _check_tls(config)
+    _check_endpoints(reactor, config)
+    spool_exists = _directory_exists_or_creatable(config.spool_directory,
+                                                  "spool_directory")
+    database = await _check_database(reactor, config)
+    api = config.http_api
+    data = {
+        "config": config.source,
+        "hostname": config.hostname,
+        "listeners": [listener_json(listener) for listener in config.listeners],
+        "http_api": None if api is None else {
+            "endpoint": api.endpoint, "tls": api.tls, "max_connections": api.max_connections,
+            "max_connections_per_ip": api.max_connections_per_ip},
+        "metrics": config.metrics.endpoint or None,
+        "tls": tls,
+        "database": database,
+        "spool_directory": {"path": config.spool_directory, "exists": spool_exists},
+        "relay": relay_json(config.relay),
+    }
+    return Output(data, _check_text(data))
+
+
+def _check_tls(config) -> dict | None:
+    """Load the certificate and key as the gateway does (which checks that
+    they belong together). @return: what to show of them."""
+    if config.tls is None:
+        return None
+    from cryptography import x509
+    from mailgw.tls import TLSConfigError, TLSOptions
+    try:
+        TLSOptions.from_config(config.tls)
+    except TLSConfigError as e:
+        raise ValueError(str(e)) from None
+    with open(config.tls.certificate, "rb") as f:
+        not_after = x509.load_pem_x509_certificates(f.read())[0].not_valid_after_utc
+    return {"certificate": config.tls.certificate, "private_key": config.tls.private_key,
+            "min_version": config.tls.min_version,
+            "expires": iso8601(not_after.timestamp()),
+            "expired": not_after.timestamp() <= time.time()}
+
+
+def _check_endpoints(reactor, config) -> None:
+    """Parse every endpoint the gateway would listen on (nothing listens)."""
+    from mailgw.listeners import StartupError, parse_endpoint
+    endpoints = [(listener.endpoint, f"listeners[{i}].endpoint")
+                 for i, listener in enumerate(config.listeners)]
+    if config.http_api is not None:
+        endpoints.append((config.http_api.endpoint, "http_api.endpoint"))
+    if config.metrics.endpoint:
+        endpoints.append((config.metrics.endpoint, "metrics.endpoint"))
+    for description, where in endpoints:
+        try:
+            parse_endpoint(reactor, description, where)
+        except StartupError as e:  # a SystemExit, worded for twistd
+            raise ValueError(str(e.code).removeprefix("mailgw: ")) from None
+
+
+def _directory_exists_or_creatable(path: str, setting: str) -> bool:
+    """@return: whether C{path} is a directory already (C{False}: the
+    gateway can create it, as far as this user can tell).
+    @raise ValueError: it is something else, or cannot be created."""
+    if os.path.isdir(path):
+        return True
+    if os.path.lexists(path):
+        raise ValueError(f"{setting} {path}: not a directory")
+    _creatable(path, setting)
+    return False
+
+
+def _creatable(path: str, setting: str) -> None:
+    """Check that C{path}, which does not exist, can be created (with any
+    folders missing on the way).
+
+    @raise ValueError: a file is in the way, or the folder it would go in is
+        not writable by this user."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{setting} {path}: cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{setting} {path}: cannot be created: {parent} is not writable")
+
+
+async def _check_database(reactor, config) -> dict:
+    """Open the store, read its schema version and close it. A SQLite file
+    that does not exist yet is not created (the gateway creates it, as its
+    own user, at start): its folder is checked instead."""
+    from mailgw.config import sqlite_path
+    from mailgw.interfaces import StoreUnavailable
+    from mailgw.store import open_store
+    from mailgw.store.base import schema_files
+    from mailgw.store.postgres import redact
+    url = config.database.url
+    engine = "sqlite" if url.startswith("sqlite:") else "postgresql"
+    latest = schema_files(engine)[-1][0]
+    shown = {"url": redact(url), "engine": engine, "schema_version": 0,
+             "latest_schema_version": latest}
+    path = sqlite_path(url) if engine == "sqlite" else None
+    if path not in (None, ":memory:") and not os.path.lexists(path):
+        _creatable(path, "database.url")
+        return dict(shown, schema="created at start")
+    store = open_store(url, reactor, config.database.pool_size,
+                       store_timeout=config.database.store_timeout)
+    try:
+        await store.start()
+        version = await store.schema_version()
+    except StoreUnavailable as e:
+        why = _without_secrets(str(e), url)
+        where = "" if shown["url"] in why else f" {shown['url']}"
+        raise StoreUnavailable(f"cannot open the database{where}: {why}") from None
+    finally:
+        await store.close()
+    if version > latest:
+        raise ValueError(f"the database's schema version {version} is newer than this "
+                         f"mailgw's ({latest}): upgrade mailgw")
+    return dict(shown, schema_version=version,
+                schema="current" if version == latest else "upgraded at start")
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """C{text} with the URL's password (in its user part or its query)
+    replaced by C{***}, should a driver's message ever quote it."""
+    parts = urlsplit(url)
+    hidden = [parts.password or ""] + parse_qs(parts.query).get("password", [])
+    for secret in hidden + [unquote(h) for h in hidden]:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _check_text(data: dict) -> str:
+    """The readable form of C{config check}'s answer."""
+    def line(name, value):
+        return f"{name + ':':<17}{value}"
+    api, tls, database, spool = (data["http_api"], data["tls"], data["database"],
+                                 data["spool_directory"])
+    listeners = table(LISTENER_COLUMNS, data["listeners"], "none")
+    lines = [f"config OK: {data['config']}", line("hostname", data["hostname"]),
+             "listeners:", "\n".join("  " + row for row in listeners.splitlines())]
+    lines.append(line("http_api", "off" if api is None else
+                      f"{api['endpoint']} (https: {cell(api['tls'])}, max connections "
+                      f"{api['max_connections']}, per IP {api['max_connections_per_ip']})"))
+    lines.append(line("metrics", data["metrics"] or "off"))
+    if tls is not None:
+        state = "EXPIRED" if tls["expired"] else "expires"
+        lines.append(line("tls", f"{tls['certificate']} ({state} {tls['expires']}), "
+                                 f"TLS {tls['min_version']} and up"))
+    else:
+        lines.append(line("tls", "none"))
+    schema = {"current": f"schema version {database['schema_version']}, current",
+              "upgraded at start": f"schema version {database['schema_version']}, "
+                                   f"upgraded to {database['latest_schema_version']} at start",
+              "created at start": "not created yet: created at start"}[database["schema"]]
+    lines.append(line("database", f"{database['url']} ({schema})"))
+    lines.append(line("spool_directory", f"{spool['path']} "
+                      f"({'exists' if spool['exists'] else 'created at start'})"))
+    lines.append(line("relay", relay_text(data["relay"])))
+    return "\n".join(printable(text) for text in lines)

@@ -81,6 +81,22 @@ def entry_json(entry: QueueEntry) -> dict:
     }
 
 
+def message_json(entry: QueueEntry) -> dict:
+    """The fields of an entry that belong to its message (every entry of a
+    message has the same), for C{queue show QUEUE-ID}."""
+    return {
+        "token": entry.token, "message_id": entry.message_id, "server": entry.server,
+        "credential_id": entry.credential_id, "mail_from": entry.mail_from,
+        "size": entry.size, "domain": entry.domain,
+        "created_at": iso8601(entry.created_at),
+    }
+
+
+def count(number: int, thing: str, things: str | None = None) -> str:
+    """C{"1 queue entry"}, C{"2 queue entries"}."""
+    return f"{number} {thing if number == 1 else things or thing + 's'}"
+
+
 def attempt_json(attempt: DeliveryAttempt) -> dict:
     return {
         "attempted_at": iso8601(attempt.attempted_at), "node": attempt.node,
@@ -92,6 +108,45 @@ def lockout_json(lockout) -> dict:
     """@param lockout: a L{mailgw.store.base.Lockout}."""
     return {"address": lockout.address, "kind": lockout.kind, "node": lockout.node,
             "locked_until": iso8601(lockout.locked_until), "failures": lockout.failures}
+
+
+def listener_json(listener) -> dict:
+    """@param listener: a L{mailgw.config.ListenerConfig}."""
+    return {"endpoint": listener.endpoint, "tls": listener.tls,
+            "auth_requires_tls": listener.requires_tls_for_auth,
+            "proxy_protocol": listener.proxy_protocol,
+            "max_connections": listener.max_connections,
+            "max_connections_per_ip": listener.max_connections_per_ip}
+
+
+def relay_json(relay) -> dict:
+    """Where the relay delivers (never its password).
+
+    @param relay: a L{mailgw.config.RelayConfig}.
+    """
+    if not relay.enabled:
+        return {"enabled": False, "target": None}
+    if relay.smarthost:
+        return {"enabled": True, "target": "smarthost", "smarthost": relay.smarthost,
+                "tls": relay.tls, "verify": relay.verify,
+                "username": relay.username or None}
+    return {"enabled": True, "target": "mx", "mx_port": relay.mx_port,
+            "resolver": relay.resolver or None}
+
+
+def relay_text(relay: dict) -> str:
+    """L{relay_json}'s answer, readable."""
+    if not relay["enabled"]:
+        return "off (relay.enabled = false): accepted mail stays in the queue"
+    if relay["target"] == "smarthost":
+        details = [f"tls {relay['tls']}",
+                   "certificate verified" if relay["verify"] else "certificate NOT verified"]
+        if relay["username"]:
+            details.append(f"AUTH as {relay['username']}")
+        return f"smarthost {relay['smarthost']} ({', '.join(details)})"
+    resolver = relay["resolver"] or "the system's resolver"
+    return (f"the recipients' MX hosts, port {relay['mx_port']} (STARTTLS when offered; "
+            f"DNS: {resolver})")
 
 
 #: the most of a message searched for (and shown as) its header section, so
@@ -159,7 +214,18 @@ ENTRY_COLUMNS = [
     ("FROM", "mail_from"), ("TO", "rcpt_to"), ("SIZE", "size"),
     ("CREATED", "created_at"),
 ]
+#: a message's entries, under its own fields (C{queue show QUEUE-ID})
+MESSAGE_ENTRY_COLUMNS = [
+    ("ID", "id"), ("TO", "rcpt_to"), ("STATUS", "status"), ("HOLD REASON", "hold_reason"),
+    ("ATTEMPTS", "attempts"), ("NEXT ATTEMPT", "next_attempt_at"),
+    ("LAST ERROR", "last_error"),
+]
 ATTEMPT_COLUMNS = [("WHEN", "attempted_at"), ("REMOTE HOST", "remote_host"),
                    ("CODE", "code"), ("TEXT", "text")]
 LOCKOUT_COLUMNS = [("ADDRESS", "address"), ("KIND", "kind"), ("NODE", "node"),
                    ("UNTIL", "locked_until"), ("FAILURES", "failures")]
+LISTENER_COLUMNS = [("ENDPOINT", "endpoint"), ("TLS", "tls"),
+                    ("AUTH REQUIRES TLS", "auth_requires_tls"),
+                    ("PROXY PROTOCOL", "proxy_protocol"),
+                    ("MAX CONNECTIONS", "max_connections"),
+                    ("PER IP", "max_connections_per_ip")]

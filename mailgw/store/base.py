@@ -608,6 +608,54 @@ def _remove_entry(entry_id):
         yield Q("DELETE FROM messages WHERE id = ?", (entry.message_id,))
 
 
+# -- a message by its queue id (the token SMTP and the HTTP API answer with) -------
+
+def _message_entries(token):
+    rows = yield Q(_QUEUE_SELECT + " WHERE m.token = ? ORDER BY q.id", (token,))
+    if not rows:
+        raise NotFound(f"no message with queue id {token}")
+    return [_entry(r) for r in rows]
+
+
+def _requeue_message(token, now, allowed):
+    """L{_requeue} for every entry of the message in one of the C{allowed}
+    statuses. @return: the updated entries (at least one)."""
+    entries = yield from _message_entries(token)
+    chosen = [e.id for e in entries if e.status in allowed]
+    if not chosen:
+        statuses = ", ".join(sorted({e.status for e in entries}))
+        raise Conflict(f"message {token} has no {' or '.join(allowed)} queue entry "
+                       f"(its entries are {statuses})")
+    # The status is checked again: under READ COMMITTED a relay node may have
+    # settled an entry since it was read above.
+    rows = yield Q(
+        "UPDATE queue SET status = 'queued', hold_reason = NULL, next_attempt_at = ?, "
+        f"age_from = ?, updated_at = ? WHERE id IN {_ids_clause(chosen)} "
+        f"AND status IN {_ids_clause(allowed)} RETURNING id",
+        (now, now, now, *chosen, *allowed))
+    changed = sorted(r[0] for r in rows)
+    if not changed:
+        raise Conflict(f"message {token} has no {' or '.join(allowed)} queue entry any more")
+    rows = yield Q(_QUEUE_SELECT + f" WHERE q.id IN {_ids_clause(changed)} ORDER BY q.id",
+                   tuple(changed))
+    return [_entry(r) for r in rows]
+
+
+def _remove_message(token):
+    entries = yield from _message_entries(token)
+    # its queue entries, their attempts and its body go with it (ON DELETE CASCADE)
+    yield Q("DELETE FROM messages WHERE token = ?", (token,))
+    return entries
+
+
+def _schema_version(table_query):
+    rows = yield Q(table_query)
+    if not rows[0][0]:  # never upgraded: looked at, not created
+        return 0
+    rows = yield Q("SELECT coalesce(max(version), 0) FROM schema_version")
+    return rows[0][0]
+
+
 # -- the failure throttle's notice board (docs/operations.md) ----------------------
 #
 # Each node records its lock-outs as they happen and removes its rows when it
@@ -807,6 +855,17 @@ class Store:
     def remove_credential(self, credential_id):
         return self._run(_remove_credential, credential_id)
 
+    #: whether the schema_version table exists, asked without creating it
+    _SCHEMA_TABLE = {
+        "sqlite": "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                  "AND name = 'schema_version'",
+        "postgresql": "SELECT count(*) FROM pg_catalog.pg_tables WHERE "
+                      "schemaname = current_schema() AND tablename = 'schema_version'",
+    }
+
+    def schema_version(self):
+        return self._read(_schema_version, self._SCHEMA_TABLE[self.engine])
+
     # IAdmin: the failure throttle's notice board
 
     #: run first in a clear: PostgreSQL writes clears one at a time, so their
@@ -882,3 +941,15 @@ class Store:
 
     def remove_entry(self, entry_id):
         return self._run(_remove_entry, entry_id)
+
+    def message_entries(self, token):
+        return self._read(_message_entries, token)
+
+    def release_message(self, token):
+        return self._run(_requeue_message, token, self._now(), ("held",))
+
+    def retry_message(self, token):
+        return self._run(_requeue_message, token, self._now(), ("failed", "queued"))
+
+    def remove_message(self, token):
+        return self._run(_remove_message, token)

@@ -18,6 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from mailgw.model import MessageEnvelope, generate_token
+from mailgw.model import DeliveryAttempt
 from mailgw.store import open_store
 
 KEY_RE = re.compile(r"^[A-Za-z0-9]{24}$")
@@ -543,3 +544,332 @@ class ThrottleTests(CLITestCase):
         self.assertEqual(await self.error("throttle", "clear", code=2),
                          "mailgw throttle clear: error: the following arguments are "
                          "required: ADDRESS")
+
+
+class QueueIdTests(CLITestCase):
+    """The queue verbs given a message's queue id (the token of C{250 OK:
+    queued as <token>} and of the HTTP API) instead of an entry id."""
+
+    enqueue = QueueTests.enqueue
+
+    async def test_show_message_with_every_entry_and_its_attempts(self):
+        store, server = await self.seed()
+        envelope, ids = await self.enqueue(store, server, ["b@example.net", "c@example.net"])
+        entry = ids["b@example.net"]
+        from twisted.internet import reactor
+        await store.claim_due("n", reactor.seconds() + 1, 300, 10)
+        await store.mark_retry(entry, "n", DeliveryAttempt(
+            entry, reactor.seconds(), "mx.example.net", 451, "451 try later", "n"),
+            reactor.seconds() + 60)
+        data = await self.json("queue", "show", envelope.token)
+        self.assertEqual([data[k] for k in ("token", "server", "mail_from", "size")],
+                         [envelope.token, "acme/web", "a@example.com", len(RAW)])
+        self.assertEqual([(e["id"], e["rcpt_to"], e["status"]) for e in data["entries"]],
+                         [(ids["b@example.net"], "b@example.net", "queued"),
+                          (ids["c@example.net"], "c@example.net", "queued")])
+        self.assertEqual([(a["code"], a["text"]) for a in data["entries"][0]
+                          ["delivery_attempts"]], [(451, "451 try later")])
+        self.assertEqual(data["entries"][1]["delivery_attempts"], [])
+        self.assertTrue(data["headers"].startswith("From: a@example.com\nTo: b@example.net"))
+        text = await self.ok("queue", "show", envelope.token.lower())
+        self.assertIn(f"token:         {envelope.token}\n", text)
+        self.assertIn("\nqueue entries:\nID", text)
+        self.assertIn(f"\ndelivery attempts of entry {entry} (b@example.net):\nWHEN", text)
+        self.assertIn("451 try later", text)
+        self.assertIn(f"delivery attempts of entry {ids['c@example.net']} (c@example.net):"
+                      f"\n  none yet\n", text)
+        self.assertIn("X-Evil: \\x1b[2J", text)
+        self.assertNotIn("\x1b", text)
+        run = await self.run_cli("queue", "show", envelope.token, "--raw")
+        self.assertEqual((run.code, run.err, run.out), (0, "", RAW))
+
+    async def test_an_entry_id_keeps_its_meaning(self):
+        store, server = await self.seed()
+        envelope, ids = await self.enqueue(store, server, ["b@example.net", "c@example.net"])
+        data = await self.json("queue", "show", str(ids["c@example.net"]))
+        self.assertEqual((data["id"], data["rcpt_to"]), (ids["c@example.net"], "c@example.net"))
+        self.assertNotIn("entries", data)
+
+    async def test_a_queue_id_of_digits_only(self):
+        """One queue id in 2.2 million is all digits: when no entry has that id,
+        it names the message."""
+        store, server = await self.seed()
+        envelope = MessageEnvelope(
+            token="012345678901", server_id=server.id, credential_id=None,
+            mail_from="a@example.com", rcpt_to=("b@example.net",),
+            sender_domain="example.com", protocol="esmtpsa")
+        await store.enqueue(envelope, io.BytesIO(RAW))
+        data = await self.json("queue", "show", "012345678901")
+        self.assertEqual(data["token"], "012345678901")
+        self.assertEqual(await self.error("queue", "show", "012345678902"),
+                         "mailgw: no queue entry or queue id 012345678902")
+
+    async def test_release_retry_remove_apply_to_the_entries_they_can(self):
+        store, server = await self.seed()
+        envelope, ids = await self.enqueue(store, server, ["h1@example.net", "h2@example.net"],
+                                           status="held", hold_reason="development mode")
+        released = await self.json("queue", "release", envelope.token.lower())
+        self.assertEqual(released["token"], envelope.token)
+        self.assertEqual(released["released"], 2)
+        self.assertEqual([(e["id"], e["status"], e["hold_reason"]) for e in
+                          released["entries"]],
+                         [(ids["h1@example.net"], "queued", None),
+                          (ids["h2@example.net"], "queued", None)])
+        self.assertEqual(await self.error("queue", "release", envelope.token),
+                         f"mailgw: message {envelope.token} has no held queue entry "
+                         f"(its entries are queued)")
+        text = await self.ok("queue", "retry", envelope.token)
+        self.assertTrue(text.startswith(f"retried 2 of 2 queue entries of {envelope.token}\n"
+                                        "ID"), text)
+        self.assertEqual(await self.ok("queue", "remove", envelope.token),
+                         f"removed message {envelope.token} and its 2 queue entries\n")
+        self.assertEqual(await self.json("queue", "list"), [])
+
+    async def test_mixed_statuses(self):
+        from twisted.internet import reactor
+        store, server = await self.seed()
+        envelope, ids = await self.enqueue(
+            store, server, ["f@example.net", "s@example.net", "q@example.net"])
+        other, _ = await self.enqueue(store, server, ["other@example.net"])
+        failed, sent = ids["f@example.net"], ids["s@example.net"]
+        now = reactor.seconds()
+        await store.claim_due("n", now + 1, 300, 10)
+        await store.mark_failed(failed, "n", DeliveryAttempt(failed, now, "mx", 550, "550 no",
+                                                              "n"))
+        await store.mark_sent(sent, "n", DeliveryAttempt(sent, now, "mx", 250, "250 ok", "n"))
+        self.assertEqual(await self.error("queue", "release", envelope.token),
+                         f"mailgw: message {envelope.token} has no held queue entry "
+                         f"(its entries are failed, queued, sent)")
+        retried = await self.json("queue", "retry", envelope.token)
+        self.assertEqual((retried["retried"], [e["id"] for e in retried["entries"]]),
+                         (2, [failed, ids["q@example.net"]]))
+        self.assertEqual(await self.json("queue", "remove", envelope.token),
+                         {"removed": "message", "token": envelope.token,
+                          "entries_removed": 3})
+        self.assertEqual([e["token"] for e in await self.json("queue", "list")],
+                         [other.token])
+
+    async def test_unknown_and_invalid_queue_ids(self):
+        await self.seed()
+        lines = await together(*(
+            self.error("queue", verb, "NOSUCH000001")
+            for verb in ("show", "release", "retry", "remove")))
+        self.assertEqual(set(lines), {"mailgw: no message with queue id NOSUCH000001"})
+        missing, huge, invalid = await together(
+            self.error("queue", "release", "99"),
+            self.error("queue", "show", "9" * 30),
+            self.error("queue", "remove", "queued as X1"))
+        self.assertEqual(missing, "mailgw: no queue entry 99")
+        self.assertEqual(huge, "mailgw: no message with queue id " + "9" * 30)
+        self.assertEqual(invalid, "mailgw: invalid queue entry id or queue id 'queued as X1': "
+                                  "use the ID or TOKEN that `mailgw queue list` shows")
+
+
+class VersionTests(CLITestCase):
+    def setup_cfg_version(self) -> str:
+        import configparser
+        parser = configparser.ConfigParser()
+        parser.read(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), "setup.cfg"))
+        return parser.get("metadata", "version")
+
+    async def test_version(self):
+        run = await self.run_cli("--version", config=False)
+        self.assertEqual((run.code, run.err, run.text),
+                         (0, "", f"mailgw {self.setup_cfg_version()}\n"))
+
+    def test_version_of_a_source_tree_never_installed(self):
+        from importlib import metadata
+        from mailgw.admin import cli
+
+        def not_installed(name):
+            raise metadata.PackageNotFoundError(name)
+        self.patch(metadata, "version", not_installed)
+        self.assertEqual(cli.package_version(), self.setup_cfg_version())
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just freed)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ConfigCheckTests(CLITestCase):
+    """C{mailgw config check}: what the gateway would do with the config,
+    checked without listening or changing the database."""
+
+    def write_config(self, text: str) -> None:
+        with open(self.config, "w") as f:
+            f.write(text)
+
+    def write_pair(self, certificate="cert.pem", key="key.pem"):
+        from tests.tlsclients import make_pair
+        cert_pem, key_pem, _ = make_pair()
+        for name, data in ((certificate, cert_pem), (key, key_pem)):
+            with open(os.path.join(self.folder, name), "wb") as f:
+                f.write(data)
+
+    GOOD = (
+        'hostname = "mx.test"\nspool_directory = "spool"\n'
+        '[database]\nurl = "sqlite:db/mailgw.sqlite3"\n'
+        '[tls]\ncertificate = "cert.pem"\nprivate_key = "key.pem"\n'
+        '[[listeners]]\nendpoint = "tcp:587:interface=0.0.0.0"\ntls = "starttls"\n'
+        '[[listeners]]\nendpoint = "tcp:465:interface=0.0.0.0"\ntls = "implicit"\n'
+        'max_connections = 20\nmax_connections_per_ip = 5\n'
+        '[[listeners]]\nendpoint = "tcp:2525:interface=127.0.0.1"\n'
+        '[http_api]\nendpoint = "tcp:8025:interface=127.0.0.1"\ntls = true\n'
+        '[metrics]\nendpoint = "tcp:9091:interface=127.0.0.1"\n'
+        '[relay]\nsmarthost = "smtp.provider.example:587"\nusername = "gw"\n'
+        'password = "relay-secret"\n')
+
+    async def test_good_config(self):
+        self.write_pair()
+        self.write_config(self.GOOD)
+        await self.store()  # upgraded
+        data = await self.json("config", "check")
+        self.assertEqual(data["config"], self.config)
+        self.assertEqual(data["listeners"], [
+            {"endpoint": "tcp:587:interface=0.0.0.0", "tls": "starttls",
+             "auth_requires_tls": True, "proxy_protocol": False, "max_connections": 1000,
+             "max_connections_per_ip": 50},
+            {"endpoint": "tcp:465:interface=0.0.0.0", "tls": "implicit",
+             "auth_requires_tls": True, "proxy_protocol": False, "max_connections": 20,
+             "max_connections_per_ip": 5},
+            {"endpoint": "tcp:2525:interface=127.0.0.1", "tls": "none",
+             "auth_requires_tls": False, "proxy_protocol": False, "max_connections": 1000,
+             "max_connections_per_ip": 50}])
+        self.assertEqual(data["http_api"], {
+            "endpoint": "tcp:8025:interface=127.0.0.1", "tls": True, "max_connections": 1000,
+            "max_connections_per_ip": 50})
+        self.assertEqual(data["metrics"], "tcp:9091:interface=127.0.0.1")
+        self.assertRegex(data["tls"].pop("expires"), ISO_RE)
+        self.assertEqual(data["tls"], {
+            "certificate": os.path.join(self.folder, "cert.pem"),
+            "private_key": os.path.join(self.folder, "key.pem"), "min_version": "1.2",
+            "expired": False})
+        self.assertEqual(data["database"], {
+            "url": "sqlite:" + self.database, "engine": "sqlite", "schema_version": 3,
+            "latest_schema_version": 3, "schema": "current"})
+        self.assertEqual(data["spool_directory"],
+                         {"path": os.path.join(self.folder, "spool"), "exists": False})
+        self.assertEqual(data["relay"], {
+            "enabled": True, "target": "smarthost", "smarthost": "smtp.provider.example:587",
+            "tls": "starttls", "verify": True, "username": "gw"})
+        text = await self.ok("config", "check")
+        self.assertNotIn("relay-secret", text)
+        lines = text.splitlines()
+        self.assertEqual(lines[0], f"config OK: {self.config}")
+        self.assertEqual(lines[3].split()[:3], ["ENDPOINT", "TLS", "AUTH"])
+        self.assertEqual(lines[5].split(), ["tcp:465:interface=0.0.0.0", "implicit", "yes", "no",
+                                            "20", "5"])
+        self.assertIn(f"database:        sqlite:{self.database} (schema version 3, current)\n",
+                      text)
+        self.assertIn("relay:           smarthost smtp.provider.example:587 (tls starttls, "
+                      "certificate verified, AUTH as gw)\n", text)
+        self.assertFalse(os.path.exists(os.path.join(self.folder, "spool")))
+
+    async def test_nothing_is_created(self):
+        """A database or spool not there yet is the gateway's to create, as
+        the user it runs as: the check only says so."""
+        self.write_config('hostname = "mx.test"\nspool_directory = "spool"\n'
+                          '[database]\nurl = "sqlite:db/mailgw.sqlite3"\n'
+                          '[relay]\nenabled = false\n')
+        data = await self.json("config", "check")
+        self.assertEqual((data["database"]["schema"], data["database"]["schema_version"]),
+                         ("created at start", 0))
+        self.assertEqual((data["listeners"], data["http_api"], data["tls"]), ([], None, None))
+        self.assertEqual(data["relay"], {"enabled": False, "target": None})
+        text = await self.ok("config", "check")
+        self.assertIn("(not created yet: created at start)\n", text)
+        self.assertIn("relay:           off", text)
+        self.assertEqual(os.listdir(self.folder), ["mailgw.toml"])
+
+    async def test_schema_to_upgrade_at_start(self):
+        from mailgw.store.base import Q
+        store = await self.store()
+
+        def forget_last():
+            yield Q("DELETE FROM schema_version WHERE version = 3")
+        await store._run(forget_last)
+        data = await self.json("config", "check")
+        self.assertEqual((data["database"]["schema"], data["database"]["schema_version"]),
+                         ("upgraded at start", 2))
+        self.assertIn("(schema version 2, upgraded to 3 at start)",
+                      await self.ok("config", "check"))
+
+    async def test_listener_endpoint_typo(self):
+        self.write_config(CONFIG + '[[listeners]]\nendpoint = "tcp:2525"\n'
+                                   '[[listeners]]\nendpoint = "tcp:587:interfce=0.0.0.0"\n')
+        line = await self.error("config", "check")
+        self.assertTrue(line.startswith("mailgw: listeners[1].endpoint: cannot use "
+                                        "'tcp:587:interfce=0.0.0.0': "), line)
+        self.assertIn("unexpected keyword argument 'interfce'", line)
+        self.write_config(CONFIG + '[metrics]\nendpoint = "tpc:9091"\n')
+        self.assertIn("mailgw: metrics.endpoint: cannot use 'tpc:9091': ",
+                      await self.error("config", "check"))
+        self.assertFalse(os.path.exists(self.database))
+
+    async def test_key_that_does_not_match_the_certificate(self):
+        self.write_pair()
+        self.write_pair(certificate="other-cert.pem", key="other-key.pem")
+        self.write_config(CONFIG + '[tls]\ncertificate = "cert.pem"\n'
+                                   'private_key = "other-key.pem"\n')
+        self.assertEqual(await self.error("config", "check"),
+                         f"mailgw: tls.private_key {self.folder}/other-key.pem does not match "
+                         f"tls.certificate {self.folder}/cert.pem")
+
+    async def test_missing_certificate(self):
+        self.write_config(CONFIG + '[tls]\ncertificate = "none.pem"\nprivate_key = "k.pem"\n')
+        self.assertEqual(await self.error("config", "check"),
+                         f"mailgw: cannot read {self.folder}/none.pem: No such file or directory")
+
+    async def test_database_that_cannot_be_opened(self):
+        url = f"postgresql://mailgw:pa%24%24word@127.0.0.1:{closed_port()}/mailgw"
+        self.write_config(f'hostname = "mx.test"\n[database]\nurl = "{url}"\n')
+        line = await self.error("config", "check")
+        self.assertTrue(line.startswith("mailgw: cannot open the database: postgresql: "), line)
+        self.assertIn(f"mailgw:***@127.0.0.1:{url.rsplit(':', 1)[1]}", line)
+        self.assertIn("Connection refused", line)
+        self.assertNotIn("pa%24%24word", line)
+        self.assertNotIn("pa$$word", line)
+
+    async def test_sqlite_file_that_is_not_a_database(self):
+        os.makedirs(os.path.dirname(self.database))
+        with open(self.database, "wb") as f:
+            f.write(b"not sqlite " * 200)
+        self.assertEqual(await self.error("config", "check"),
+                         f"mailgw: cannot open the database sqlite:{self.database}: "
+                         f"sqlite: file is not a database")
+
+    async def test_spool_directory_that_cannot_be_made(self):
+        with open(os.path.join(self.folder, "file"), "w") as f:
+            f.write("x")
+        self.write_config('spool_directory = "file/spool"\n' + CONFIG)
+        self.assertEqual(await self.error("config", "check"),
+                         f"mailgw: spool_directory {self.folder}/file/spool: cannot be "
+                         f"created: {self.folder}/file is not a directory")
+
+    async def test_usage(self):
+        run = await self.run_cli("config", "check", "--help")
+        self.assertEqual(run.code, 0)
+        self.assertIn("usage: mailgw config check", run.text)
+
+
+class PostgresConfigCheckTests(CLITestCase):
+    """C{config check} on PostgreSQL: the schema read without creating it."""
+
+    async def test_schema_on_postgresql(self):
+        from tests.helpers import database_url
+        self.engine = "postgresql"
+        url = database_url(self)
+        with open(self.config, "w") as f:
+            f.write(f'hostname = "mx.test"\n[database]\nurl = "{url}"\n')
+        data = await self.json("config", "check")
+        self.assertEqual((data["database"]["engine"], data["database"]["schema_version"],
+                          data["database"]["schema"]), ("postgresql", 0, "upgraded at start"))
+        await self.ok("db", "upgrade")
+        data = await self.json("config", "check")
+        self.assertEqual((data["database"]["schema_version"], data["database"]["schema"]),
+                         (3, "current"))

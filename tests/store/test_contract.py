@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from mailgw.interfaces import Conflict, IStore, NotFound, StoreUnavailable
 from mailgw.model import MessageEnvelope, generate_key, generate_token
+from mailgw.model import DeliveryAttempt
 from mailgw.store.base import CHUNK_SIZE, CLEAR_RETENTION, Lockout, Q, schema_files
 from tests import pgcluster
 from tests.store import postgres_admin
@@ -49,6 +50,10 @@ def _add_clear(address, cleared_at):
 
 def _delete_clears():
     yield Q("DELETE FROM throttle_clears")
+
+
+def _hold(entry_id):
+    yield Q("UPDATE queue SET status = 'held', hold_reason = 'why' WHERE id = ?", (entry_id,))
 
 
 class StoreContract:
@@ -631,6 +636,82 @@ class StoreContract:
     def test_get_entry_not_found(self):
         yield self.tenancy()
         yield self.assertFailure(self.store.get_entry(12345), NotFound)
+
+    # -- IAdmin: the schema version, read without changing anything ---------------
+
+    @defer.inlineCallbacks
+    def test_schema_version(self):
+        shipped = [v for v, _ in schema_files(self.store.engine)]
+        self.assertEqual((yield self.store.schema_version()), shipped[-1])
+        fresh = yield self.make_store(self.new_location())
+        self.assertEqual((yield fresh.schema_version()), 0)
+        # asking created nothing: the first upgrade still applies everything
+        self.assertEqual((yield fresh.upgrade()), shipped)
+        self.assertEqual((yield fresh.schema_version()), shipped[-1])
+
+    # -- IRelayQueue: a message by its queue id ------------------------------------
+
+    @defer.inlineCallbacks
+    def message_of_three(self):
+        """A message to three recipients: one held, one failed (with an
+        attempt), one sent; and another message. @return: its token and ids."""
+        yield self.tenancy()
+        token = generate_token(12)
+        ids = yield self.store.enqueue(
+            self.envelope(self.mail, ["h@x.example", "f@x.example", "s@x.example"],
+                          token=token), io.BytesIO(b"body"))
+        yield self.store._run(_hold, ids["h@x.example"])
+        from twisted.internet import reactor
+        now = reactor.seconds()
+        yield self.store.claim_due("n", now + 1, 300, 10)
+        f, s = ids["f@x.example"], ids["s@x.example"]
+        yield self.store.mark_failed(f, "n", DeliveryAttempt(f, now, "mx", 550, "550 no", "n"))
+        yield self.store.mark_sent(s, "n", DeliveryAttempt(s, now, "mx", 250, "250 ok", "n"))
+        yield self.store.enqueue(self.envelope(self.mail, ["o@x.example"]), io.BytesIO(b"o"))
+        return token, ids
+
+    @defer.inlineCallbacks
+    def test_message_entries(self):
+        token, ids = yield self.message_of_three()
+        entries = yield self.store.message_entries(token)
+        self.assertEqual([(e.id, e.token, e.status) for e in entries],
+                         [(ids["h@x.example"], token, "held"),
+                          (ids["f@x.example"], token, "failed"),
+                          (ids["s@x.example"], token, "sent")])
+        yield self.assertFailure(self.store.message_entries("NOSUCHTOKEN1"), NotFound)
+        # queue ids are case-sensitive
+        yield self.assertFailure(self.store.message_entries(token.lower() + "x"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_release_and_retry_message_touch_only_the_entries_they_apply_to(self):
+        token, ids = yield self.message_of_three()
+        released = yield self.store.release_message(token)
+        self.assertEqual([(e.id, e.status, e.hold_reason) for e in released],
+                         [(ids["h@x.example"], "queued", None)])
+        failure = yield self.assertFailure(self.store.release_message(token), Conflict)
+        self.assertEqual(str(failure), f"message {token} has no held queue entry "
+                                       "(its entries are failed, queued, sent)")
+        retried = yield self.store.retry_message(token)
+        self.assertEqual([(e.id, e.status) for e in retried],
+                         [(ids["h@x.example"], "queued"), (ids["f@x.example"], "queued")])
+        entries = yield self.store.message_entries(token)
+        self.assertEqual([e.status for e in entries], ["queued", "queued", "sent"])
+        yield self.assertFailure(self.store.release_message("NOSUCHTOKEN1"), NotFound)
+        yield self.assertFailure(self.store.retry_message("NOSUCHTOKEN1"), NotFound)
+
+    @defer.inlineCallbacks
+    def test_remove_message_removes_every_entry_attempt_and_the_body(self):
+        token, ids = yield self.message_of_three()
+        message_id = (yield self.store.message_entries(token))[0].message_id
+        removed = yield self.store.remove_message(token)
+        self.assertEqual([e.id for e in removed], sorted(ids.values()))
+        yield self.assertFailure(self.store.message_entries(token), NotFound)
+        yield self.assertFailure(self.store.get_attempts(ids["f@x.example"]), NotFound)
+        self.assertEqual((yield self.store._read(_count_chunks, message_id)), 0)
+        self.assertEqual((yield self.store._read(_rows_of, "delivery_attempts")), 0)
+        self.assertEqual([e.rcpt_to for e in (yield self.store.list_entries())],
+                         ["o@x.example"])
+        yield self.assertFailure(self.store.remove_message(token), NotFound)
 
     # -- IAdmin: the failure throttle's notice board -------------------------------
 
