@@ -89,7 +89,7 @@ class AfterStore(service.MultiService):
 
 def exit_status_at_end(code: int) -> None:
     """Make the process exit with C{code} once twistd has shut down (twistd
-    itself always ends with status 0 after its reactor stops)."""
+    ends with status 0 after a reactor stop it did not get from a signal)."""
     def leave():
         sys.stdout.flush()
         sys.stderr.flush()
