@@ -470,7 +470,7 @@ def _remove_credential(credential_id):
     yield Q("DELETE FROM credentials WHERE id = ?", (credential_id,))
 
 
-# -- the relay (issue 6) ---------------------------------------------------------
+# -- the relay -------------------------------------------------------------------------
 #
 # A relay node claims due entries by writing its id and a lease end into them
 # (status stays "queued"); only the node named in locked_by may settle an
@@ -892,7 +892,7 @@ class Store:
     def forget_lockouts(self, node):
         return self._run(_forget_lockouts, node)
 
-    # IRelayQueue (issue 6)
+    # IRelayQueue
 
     #: appended to the claim's inner SELECT: PostgreSQL locks the candidate
     #: rows and skips those another node is claiming (FOR UPDATE SKIP
