@@ -100,13 +100,15 @@ class ConnectionAttempts:
     """The failed AUTH attempts of one connection, counted only when no AUTH
     succeeds after them in that connection (or when there are too many)."""
 
+    __slots__ = ("_guard", "client_ip", "trace_id", "_forgivable", "_pending")
+
     def __init__(self, guard: AuthenticationGuard, client_ip: str, trace_id: str,
                  forgivable: int):
         self._guard = guard
         self.client_ip = client_ip
         self.trace_id = trace_id
         self._forgivable = forgivable
-        self._pending: list[tuple[str, object]] = []
+        self._pending: list[tuple[str, object]] = []  # usually stays empty
 
     def failed(self, mechanism: str, user=None) -> bool:
         """One failed attempt.

@@ -48,6 +48,17 @@ BODY_TYPES = ("7BIT", "8BITMIME")
 class SubmissionProtocol(Protocol):
     """One SMTP submission session (the wire contract, C{docs/smtp.md})."""
 
+    # Thousands of these live at once: slots keep each one small (a plain
+    # instance dict of this many attributes would cost some 1.5 kB more).
+    __slots__ = (
+        "_admitted", "_attempts", "_bare_lf_logged", "_body", "_buffer", "_busy",
+        "_challenger", "_clock", "_data_bytes", "_data_started", "_discarding", "_draining",
+        "_handshake_timer", "_logout", "_message", "_mode", "_paused", "_pumping",
+        "_recipient_keys", "_session_timer", "_timeout_reason", "_timer", "_deadline", "avatar",
+        "client_ip", "closed", "factory", "mail_from", "metrics", "recipients", "session",
+        "settings",
+    )
+
     def __init__(self, factory):
         self.factory = factory
         self.settings = factory.settings
@@ -58,6 +69,7 @@ class SubmissionProtocol(Protocol):
         self._busy = self._pumping = self._discarding = self._paused = False
         self._timer = self._handshake_timer = self._session_timer = None
         self._timeout_reason = "idle"
+        self._deadline = 0.0
         self._data_started = 0.0
         self._data_bytes = 0
         self._bare_lf_logged = False
@@ -141,11 +153,25 @@ class SubmissionProtocol(Protocol):
     # byte now and then must not hold its session for ever.
 
     def _arm(self, seconds: float, reason: str):
+        # The timer is moved only when the deadline comes sooner than it
+        # would fire (rare); a later deadline is only noted, and the timer
+        # that fires early re-arms itself for the rest. This keeps the
+        # per-command cost to a store and spares the reactor's heap.
         self._timeout_reason = reason
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(max(0.0, seconds))
-        else:
-            self._timer = self._clock.callLater(max(0.0, seconds), self._timed_out)
+        seconds = max(0.0, seconds)
+        self._deadline = self._clock.seconds() + seconds
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = self._clock.callLater(seconds, self._deadline_reached)
+        elif timer.getTime() > self._deadline:
+            timer.reset(seconds)
+
+    def _deadline_reached(self):
+        remaining = self._deadline - self._clock.seconds()
+        if remaining > 0:
+            self._timer = self._clock.callLater(remaining, self._deadline_reached)
+            return
+        self._timed_out()
 
     def _await_command(self):
         """Nothing of the next command has arrived: it has idle_timeout to come
@@ -341,7 +367,7 @@ class SubmissionProtocol(Protocol):
         self._body = None
         self.mail_from = None
         self.recipients = []
-        self._recipient_keys = set()
+        self._recipient_keys = ()  # a set once there is a recipient
 
     def _set_avatar(self, avatar, logout):
         if self._logout is not None:
@@ -619,6 +645,8 @@ class SubmissionProtocol(Protocol):
                 return self._reply(replies.OK)  # the same recipient twice is one recipient
             if len(self.recipients) >= self.settings.max_recipients:
                 return self._reply(replies.TOO_MANY_RECIPIENTS)
+            if not self._recipient_keys:
+                self._recipient_keys = set()
             self._recipient_keys.add(key)
             self.recipients.append(str(recipient))
             self._reply(replies.OK)
