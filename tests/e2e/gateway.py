@@ -80,14 +80,18 @@ class Gateway:
         self.log_path = os.path.join(folder, "twistd.log")
         self.process = None
 
-    def start(self, expected_listeners: int):
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+    def spawn(self) -> subprocess.Popen:
+        """The gateway's process, its output (stdout and stderr) on a pipe."""
+        return subprocess.Popen(
             _twistd() + ["-n", "--pidfile=", *self.twistd_args, "mailgw",
                          "--config", self.config_path]
             + self.extra_args,
             cwd=self.folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONPATH=ROOT))
+
+    def start(self, expected_listeners: int):
+        log = open(self.log_path, "ab")
+        self.process = self.spawn()
         deadline = time.monotonic() + START_TIMEOUT
         buffer = b""
         self.metrics_port = None

@@ -29,7 +29,6 @@ import os
 import pwd
 import re
 import resource
-import select
 import shlex
 import shutil
 import signal
@@ -40,13 +39,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from twisted.trial import unittest
 
 from mailgw.admin.devsetup import make_certificate
-from tests.e2e.gateway import LISTENING, ROOT, START_TIMEOUT, require_tool
+from tests.e2e.gateway import ROOT, Gateway, require_tool
 from tests.e2e.test_submission import MESSAGE, QUEUED
 
 UNIT = os.path.join(ROOT, "etc", "systemd", "mailgw.service")
@@ -328,61 +326,17 @@ def free_low_ports(count: int) -> list[int]:
     raise AssertionError("no free ports below 1024")
 
 
-class UnitProcess:
-    """A command line run as the unit would, until C{store open}."""
+class UnitProcess(Gateway):
+    """A command line run as the unit would, waited for as any gateway."""
 
     def __init__(self, argv: list[str], env: dict, umask: int, log_path: str):
+        super().__init__(os.path.dirname(log_path), "")
         self.argv, self.env, self.umask, self.log_path = argv, env, umask, log_path
-        self.ports: list[tuple[str, int]] = []
-        self.process = None
 
-    def start(self, expected_listeners: int):
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.argv, cwd="/", env=self.env, umask=self.umask,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        buffer, store_open, metrics = b"", False, False
-        while len(self.ports) < expected_listeners or not metrics or not store_open:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.process.poll() is not None:
-                log.close()
-                self.stop()
-                raise AssertionError(f"the unit's command did not start (status "
-                                     f"{self.process.returncode}):\n{self.log()}")
-            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(self.process.stdout.fileno(), 65536)
-            log.write(chunk)
-            log.flush()
-            *lines, buffer = (buffer + chunk).split(b"\n")
-            for line in lines:
-                text = line.decode("utf-8", "replace")
-                store_open = store_open or "store open: accepting mail" in text
-                m = LISTENING.search(text)
-                if m and m.group(5):
-                    metrics = True
-                elif m:
-                    self.ports.append((m.group(4), int(m.group(3))))
-
-        def copy():  # keep reading, so that the child never blocks on a full pipe
-            for chunk in iter(lambda: os.read(self.process.stdout.fileno(), 65536), b""):
-                log.write(chunk)
-                log.flush()
-            log.close()
-        threading.Thread(target=copy, daemon=True).start()
-        return self
-
-    def port(self, tls_mode: str) -> int:
-        return next(p for mode, p in self.ports if mode == tls_mode)
-
-    def log(self) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+    def spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.argv, cwd="/", env=self.env, umask=self.umask,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
 
     def wait_for_log(self, text: str, timeout: float = 20):
         deadline = time.monotonic() + timeout
@@ -390,16 +344,6 @@ class UnitProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {text!r} in the log:\n{self.log()}")
             time.sleep(0.05)
-
-    def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class MemoryDenyWriteExecuteTests(unittest.TestCase):
