@@ -15,7 +15,10 @@ $(PY):
 $(INSTALLED): setup.cfg pyproject.toml | $(PY)
 	@echo "make: installing mailgw and its dependencies into $(VENV) (about a minute the first time)"
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev]'
+	@# twistd finds plugins only on sys.path folders (twisted/plugins under them),
+	@# which setuptools' editable finder is not: put the checkout there itself.
+	$(PY) -c 'import sysconfig, os; open(os.path.join(sysconfig.get_paths()["purelib"], "mailgw-checkout.pth"), "w").write(os.getcwd() + "\n")'
 	touch $@
 
 install: $(INSTALLED)
@@ -35,7 +38,7 @@ test: $(INSTALLED)
 # mailgw against an aiosmtpd baseline (bench/RESULTS.md); BENCH="--quick" for less.
 # 5,000 idle connections need more descriptors than the usual 1,024.
 bench: $(INSTALLED)
-	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[bench]'
 	ulimit -n 16384 2>/dev/null || ulimit -n $$(ulimit -Hn); $(PY) -m bench.run $(BENCH)
 
 clean:
