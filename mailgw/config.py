@@ -21,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "Config", "ConfigError", "DatabaseConfig", "ListenerConfig", "LimitsConfig",
     "TLSConfig", "AuthThrottleConfig", "RelayConfig", "HTTPAPIConfig", "MetricsConfig",
+    "DNSConfig",
     "load_config", "parse_config",
 ]
 
@@ -216,6 +217,29 @@ class MetricsConfig:
     endpoint: str = "tcp:9091:interface=127.0.0.1"
 
 
+def _domain_name(value):
+    if not value:
+        return None
+    from mailgw.address import normalise_domain
+    normal = normalise_domain(value)
+    return None if normal and not normal.startswith("[") else "must be a domain name"
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """The DNS records C{mailgw domain dns} asks operators to publish, and
+    where domains' records are looked up when they are checked."""
+    #: the domain whose SPF record lists this platform's sending addresses,
+    #: named in each domain's SPF record as C{include:<it>} (RFC 7208
+    #: section 5.2); empty: the record lists the domain's own a and mx
+    spf_include: str = field(default="", metadata=_check(_domain_name))
+    #: the host the return-path CNAME C{psrp.<domain>} points to (bounces
+    #: come back there, as in Postal); empty: no return-path record
+    return_path_domain: str = field(default="", metadata=_check(_domain_name))
+    #: "host:port" of the DNS server for domain checks; empty: /etc/resolv.conf
+    resolver: str = field(default="", metadata=_check(_host_port))
+
+
 @dataclass(frozen=True)
 class Config:
     #: the name in the greeting, Received headers and CRAM-MD5 challenges
@@ -231,6 +255,7 @@ class Config:
     #: no [http_api] table: no HTTP listener
     http_api: HTTPAPIConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
     #: seconds in-flight transactions get to finish on shutdown
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
     #: the file this came from (None when built in code)

@@ -178,6 +178,27 @@ class IAdmin(Interface):
     def remove_credential(credential_id):
         """@return: Deferred firing with C{None}."""
 
+    # DKIM keys and verification tokens: C{domain} is a domain's id (an
+    # C{int}) or its name, when only one owner has that name (else Conflict).
+
+    def dkim_keys(domain):
+        """@return: Deferred firing with the domain's
+        L{mailgw.model.DKIMKey}s, the active one first, then the retiring
+        ones, newest first."""
+
+    def rotate_dkim(domain):
+        """Generate a new key under a new selector and mark the others
+        retiring (still listed, still to be published).
+        @return: Deferred firing with the new L{mailgw.model.DKIMKey}."""
+
+    def finish_dkim_rotation(domain):
+        """Delete the domain's retiring keys.
+        @return: Deferred firing with the deleted L{mailgw.model.DKIMKey}s."""
+
+    def domain_verification_token(domain):
+        """@return: Deferred firing with the token of the domain's ownership
+        TXT record (C{mailgw-verification <token>}); one is set if it has none."""
+
     # The failure throttle's notice board (docs/operations.md): what each
     # node's throttle has locked out, and the operator's clears. The
     # throttles in memory decide; these rows only show and clear them.

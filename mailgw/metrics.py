@@ -158,6 +158,11 @@ class TimedStore:
     list_credentials = _timed("list_credentials")
     set_credential_hold = _timed("set_credential_hold")
     remove_credential = _timed("remove_credential")
+    # DKIM keys and verification tokens
+    dkim_keys = _timed("dkim_keys")
+    rotate_dkim = _timed("rotate_dkim")
+    finish_dkim_rotation = _timed("finish_dkim_rotation")
+    domain_verification_token = _timed("domain_verification_token")
     record_lockout = _timed("record_lockout")
     list_lockouts = _timed("list_lockouts")
     clear_lockouts = _timed("clear_lockouts")

@@ -91,6 +91,29 @@ class Domain:
 
 
 @dataclass(frozen=True)
+class DKIMKey:
+    """One DKIM key of a domain (RFC 6376): published at
+    C{<selector>._domainkey.<domain>}. The active key signs; retiring keys,
+    replaced by a rotation, stay published until the rotation is finished.
+    The private key (PKCS#8 PEM) is kept out of every repr."""
+    id: int
+    domain_id: int
+    #: the domain's name
+    domain: str
+    selector: str
+    #: "rsa" or "ed25519" (RFC 8463)
+    algorithm: str
+    retiring: bool
+    created_at: float
+    private_key: str = field(repr=False)
+
+    @property
+    def dns_name(self) -> str:
+        """Where the key's TXT record is published (RFC 6376 section 3.6.2.1)."""
+        return f"{self.selector}._domainkey.{self.domain}"
+
+
+@dataclass(frozen=True)
 class Credential:
     id: int
     server_id: int

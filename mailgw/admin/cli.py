@@ -195,6 +195,16 @@ def _domain_verbs(verb) -> None:
         p.add_argument("id", metavar="ID", type=int)
     verb("remove", c.domain_remove, "remove a domain").add_argument(
         "id", metavar="ID", type=int)
+    p = verb("dns", c.domain_dns, "print the DNS records to publish for a domain: "
+             "ownership, SPF, DKIM keys and return path")
+    p.add_argument("domain", metavar="NAME", type=c.domain_ref,
+                   help="the domain's name, or its ID when several owners have that name")
+    p = verb("rotate-dkim", c.domain_rotate_dkim, "give a domain a new DKIM key under a "
+             "new selector; the old ones retire, still published, until --finish")
+    p.add_argument("domain", metavar="NAME", type=c.domain_ref,
+                   help="the domain's name, or its ID when several owners have that name")
+    p.add_argument("--finish", action="store_true",
+                   help="delete the retiring keys (their records may then go)")
 
 
 def _credential_verbs(verb) -> None:
@@ -374,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_path(args))
         # the throttle verbs name client keys as the gateways count them
         args.auth_throttle = config.auth_throttle
+        # and `domain dns` prints the records the [dns] table shapes
+        args.dns = config.dns
         check_arguments(args)
     except EXPECTED as e:
         return fail(e)

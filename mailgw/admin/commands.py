@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from mailgw.admin.output import (
     ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, LISTENER_COLUMNS,
     LOCKOUT_COLUMNS, MESSAGE_ENTRY_COLUMNS, ORGANIZATION_COLUMNS, SERVER_COLUMNS, Output,
-    attempt_json, cell, count, credential_json, domain_json, entry_json, fields, iso8601,
+    attempt_json, cell, count, credential_json, dkim_key_json, dns_records_text,
+    domain_json, entry_json, fields, iso8601,
     listener_json, lockout_json, message_headers, message_json, organization_json,
     printable, relay_json, relay_text, server_json, table,
 )
@@ -126,7 +127,8 @@ async def domain_add(store, args) -> Output:
     domain = await store.add_domain(
         args.name, server=args.server, organization=args.org,
         verified=args.verified, use_for_any=args.use_for_any)
-    return _one(domain_json(domain))
+    keys = await store.dkim_keys(domain.id)
+    return _one(dict(domain_json(domain), dkim_selector=keys[0].selector if keys else None))
 
 
 async def domain_list(store, args) -> Output:
@@ -144,7 +146,73 @@ async def domain_remove(store, args) -> Output:
     return _removed("domain", args.id)
 
 
-# -- credentials ---------------------------------------------------------
+# -- DNS records and DKIM keys -------------------------------------------
+
+def domain_ref(text: str) -> int | str:
+    """A domain verb's C{NAME}: digits are a domain's ID (as C{domain list}
+    shows), anything else its name."""
+    return int(text) if text.isdigit() and int(text) <= MAX_ID else text
+
+
+def spf_value(include: str) -> str:
+    """The SPF record a domain publishes (RFC 7208): the domain's own A and MX
+    hosts, and the platform's include when configured; C{~all} (softfail)
+    rather than C{-all}, as Postal advises, so that mail sent through other
+    services during a move is marked rather than refused."""
+    return f"v=spf1 a mx{f' include:{include}' if include else ''} ~all"
+
+
+async def _domain_name(store, ref: int | str) -> str:
+    if isinstance(ref, str):
+        from mailgw.address import normalise_domain
+        return normalise_domain(ref)
+    for domain in await store.list_domains():
+        if domain.id == ref:
+            return domain.name
+    raise NotFound(f"no domain {ref}")
+
+
+async def domain_dns(store, args) -> Output:
+    # the token first: it fails for an unknown or ambiguous name
+    token = await store.domain_verification_token(args.domain)
+    keys = await store.dkim_keys(args.domain)
+    name = await _domain_name(store, args.domain)
+    dns = args.dns
+    records = [
+        {"purpose": "verification", "name": name, "type": "TXT",
+         "value": f"mailgw-verification {token}"},
+        {"purpose": "spf", "name": name, "type": "TXT", "value": spf_value(dns.spf_include)},
+    ]
+    for key in keys:
+        record = dkim_key_json(key)
+        records.append({"purpose": "dkim", "name": record["name"], "type": "TXT",
+                        "value": record["value"], "selector": key.selector,
+                        "retiring": key.retiring})
+    if dns.return_path_domain:
+        records.append({"purpose": "return_path", "name": f"psrp.{name}", "type": "CNAME",
+                        "value": dns.return_path_domain})
+    text = dns_records_text(records)
+    if not keys:
+        text += (f"\n; no DKIM key (the domain was added before mailgw made them): "
+                 f"run `mailgw domain rotate-dkim {name}`")
+    return Output(records, text)
+
+
+async def domain_rotate_dkim(store, args) -> Output:
+    if args.finish:
+        removed = [dkim_key_json(k) for k in await store.finish_dkim_rotation(args.domain)]
+        if removed:
+            text = "removed retiring DKIM keys: " + ", ".join(k["selector"] for k in removed)
+        else:
+            text = "no retiring DKIM keys"
+        return Output({"removed": removed}, text)
+    key = dkim_key_json(await store.rotate_dkim(args.domain))
+    text = fields({k: v for k, v in key.items() if k != "value"})
+    text += ("\npublish this record, then, once receivers have it and mail signed with "
+             "the old keys has been delivered, run `mailgw domain rotate-dkim "
+             f"{key['domain']} --finish`:\n" + dns_records_text([dict(
+                 key, purpose="dkim", retiring=False)]))
+    return Output(key, text)
 
 async def credential_add(store, args) -> Output:
     credential = await store.add_credential(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, UTC
 
 from mailgw.model import (
-    Credential, DeliveryAttempt, Domain, Organization, QueueEntry, Server,
+    Credential, DeliveryAttempt, DKIMKey, Domain, Organization, QueueEntry, Server,
 )
 
 
@@ -57,6 +57,39 @@ def domain_json(domain: Domain) -> dict:
         "organization": domain.owner if domain.organization_id is not None else None,
         "verified": domain.verified, "use_for_any": domain.use_for_any,
     }
+
+
+def dkim_key_json(key: DKIMKey) -> dict:
+    """A DKIM key and its record, never its private key."""
+    from mailgw.domains.dkim import dns_value
+    return {
+        "domain": key.domain, "selector": key.selector, "algorithm": key.algorithm,
+        "retiring": key.retiring, "created_at": iso8601(key.created_at),
+        "name": key.dns_name, "type": "TXT", "value": dns_value(key.private_key),
+    }
+
+
+def dns_records_text(records: list[dict]) -> str:
+    """The records of C{mailgw domain dns} in zone-file form: each after a
+    comment saying what it is for; TXT data as quoted character-strings of
+    at most 255 bytes (RFC 1035 sections 3.3 and 5.1)."""
+    from mailgw.domains.dkim import zone_text
+    lines = []
+    for record in records:
+        note = _PURPOSES[record["purpose"]]
+        if record["purpose"] == "dkim":
+            state = "retiring: keep it until the rotation is finished" \
+                if record["retiring"] else "active"
+            note = f"{note}, selector {record['selector']} ({state})"
+        data = zone_text(record["value"]) if record["type"] == "TXT" \
+            else record["value"] + "."
+        lines += [f"; {note}", f"{record['name']}.  IN  {record['type']}  {data}"]
+    return "\n".join(lines)
+
+
+_PURPOSES = {"verification": "ownership (mailgw verifies the domain by this record)",
+             "spf": "SPF (RFC 7208)", "dkim": "DKIM key (RFC 6376)",
+             "return_path": "return path (bounces come back through it)"}
 
 
 def credential_json(credential: Credential, server: str) -> dict:

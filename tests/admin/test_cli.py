@@ -98,7 +98,7 @@ class CLITestCase(unittest.TestCase):
 
 class DatabaseTests(CLITestCase):
     async def test_upgrade_applies_once(self):
-        self.assertEqual(await self.ok("db", "upgrade"), "applied schema versions: 1, 2, 3\n")
+        self.assertEqual(await self.ok("db", "upgrade"), "applied schema versions: 1, 2, 3, 4\n")
         self.assertEqual(await self.json("db", "upgrade"), {"applied": []})
         self.assertEqual(await self.ok("db", "upgrade"), "schema is up to date\n")
 
@@ -277,6 +277,7 @@ class DomainTests(CLITestCase):
         domain = await self.json("domain", "add", "Example.COM", "--server", "acme/web",
                                  "--verified", "--use-for-any")
         del domain["id"]
+        self.assertRegex(domain.pop("dkim_selector"), r"^mailgw-[a-z0-9]{6}$")
         self.assertEqual(domain, {"name": "example.com", "owner": "acme/web",
                                   "server": "acme/web", "organization": None,
                                   "verified": True, "use_for_any": True})
@@ -284,8 +285,8 @@ class DomainTests(CLITestCase):
     async def test_add_owned_by_organization(self):
         await self.seed()
         text = await self.ok("domain", "add", "example.org", "--org", "acme")
-        self.assertIn("owner:        acme\n", text)
-        self.assertIn("verified:     no\n", text)
+        self.assertIn("owner:         acme\n", text)
+        self.assertIn("verified:      no\n", text)
 
     async def test_add_errors(self):
         await self.seed()
@@ -750,8 +751,8 @@ class ConfigCheckTests(CLITestCase):
             "private_key": os.path.join(self.folder, "key.pem"), "min_version": "1.2",
             "expired": False})
         self.assertEqual(data["database"], {
-            "url": "sqlite:" + self.database, "engine": "sqlite", "schema_version": 3,
-            "latest_schema_version": 3, "schema": "current"})
+            "url": "sqlite:" + self.database, "engine": "sqlite", "schema_version": 4,
+            "latest_schema_version": 4, "schema": "current"})
         self.assertEqual(data["spool_directory"],
                          {"path": os.path.join(self.folder, "spool"), "exists": False})
         self.assertEqual(data["relay"], {
@@ -764,7 +765,7 @@ class ConfigCheckTests(CLITestCase):
         self.assertEqual(lines[3].split()[:3], ["ENDPOINT", "TLS", "AUTH"])
         self.assertEqual(lines[5].split(), ["tcp:465:interface=0.0.0.0", "implicit", "yes", "no",
                                             "20", "5"])
-        self.assertIn(f"database:        sqlite:{self.database} (schema version 3, current)\n",
+        self.assertIn(f"database:        sqlite:{self.database} (schema version 4, current)\n",
                       text)
         self.assertIn("relay:           smarthost smtp.provider.example:587 (tls starttls, "
                       "certificate verified, AUTH as gw)\n", text)
@@ -791,12 +792,12 @@ class ConfigCheckTests(CLITestCase):
         store = await self.store()
 
         def forget_last():
-            yield Q("DELETE FROM schema_version WHERE version = 3")
+            yield Q("DELETE FROM schema_version WHERE version = 4")
         await store._run(forget_last)
         data = await self.json("config", "check")
         self.assertEqual((data["database"]["schema"], data["database"]["schema_version"]),
-                         ("upgraded at start", 2))
-        self.assertIn("(schema version 2, upgraded to 3 at start)",
+                         ("upgraded at start", 3))
+        self.assertIn("(schema version 3, upgraded to 4 at start)",
                       await self.ok("config", "check"))
 
     async def test_listener_endpoint_typo(self):
@@ -872,4 +873,4 @@ class PostgresConfigCheckTests(CLITestCase):
         await self.ok("db", "upgrade")
         data = await self.json("config", "check")
         self.assertEqual((data["database"]["schema_version"], data["database"]["schema"]),
-                         (3, "current"))
+                         (4, "current"))

@@ -210,6 +210,7 @@ class ExampleConfigTests(unittest.TestCase):
                     "relay": config_module.RelayConfig,
                     "metrics": config_module.MetricsConfig,
                     "http_api": config_module.HTTPAPIConfig,
+                    "dns": config_module.DNSConfig,
                     "listeners": config_module.ListenerConfig}
         top = [f for f in dataclasses.fields(config_module.Config)
                if not f.metadata.get("internal")]

@@ -17,7 +17,9 @@ from zope.interface.verify import verifyObject
 from mailgw.interfaces import Conflict, IStore, NotFound, StoreUnavailable
 from mailgw.model import MessageEnvelope, generate_key, generate_token
 from mailgw.model import DeliveryAttempt
-from mailgw.store.base import CHUNK_SIZE, CLEAR_RETENTION, Lockout, Q, schema_files
+from mailgw.store.base import (
+    CHUNK_SIZE, CLEAR_RETENTION, Lockout, Q, schema_files, split_statements,
+)
 from tests import pgcluster
 from tests.store import postgres_admin
 
@@ -54,6 +56,32 @@ def _delete_clears():
 
 def _hold(entry_id):
     yield Q("UPDATE queue SET status = 'held', hold_reason = 'why' WHERE id = ?", (entry_id,))
+
+
+def _apply_schema_up_to(engine, last):
+    """Schema versions 1 to C{last} as the upgrade applies them: a database
+    as an older mailgw left it."""
+    plain = None if engine == "postgresql" else ()
+    yield Q("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+            "applied_at REAL NOT NULL DEFAULT 0)", plain)
+    for version, sql in schema_files(engine):
+        if version <= last:
+            for statement in split_statements(sql):
+                yield Q(statement, plain)
+            yield Q("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+def _insert_domain_without_token(name, organization_id):
+    """A domain as a node that runs an older mailgw adds it."""
+    rows = yield Q("INSERT INTO domains (name, organization_id, verified, use_for_any, "
+                   "created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                   (name, organization_id, False, False, 0.0))
+    return rows[0][0]
+
+
+def _token_of(domain_id):
+    rows = yield Q("SELECT verification_token FROM domains WHERE id = ?", (domain_id,))
+    return rows[0][0]
 
 
 class StoreContract:
@@ -333,6 +361,123 @@ class StoreContract:
         self.assertIsNone((yield self.store.remove_domain(domain.id)))
         self.assertEqual((yield self.store.list_domains()), [])
         yield self.assertFailure(self.store.remove_domain(domain.id), NotFound)
+
+    # -- IAdmin: DKIM keys and verification tokens -------------------------------------
+
+    def assertKeyPair(self, key):
+        """C{key}'s private key is a 2048-bit RSA key in PKCS#8 PEM, and its
+        record's C{p=} is that key's public half."""
+        import base64
+        from cryptography.hazmat.primitives import serialization
+        from mailgw.domains.dkim import dns_value
+        private = serialization.load_pem_private_key(key.private_key.encode(), None)
+        self.assertEqual(private.key_size, 2048)
+        p = dns_value(key.private_key).rpartition("p=")[2]
+        public = serialization.load_der_public_key(base64.b64decode(p))
+        self.assertEqual(public.public_numbers(), private.public_key().public_numbers())
+
+    @defer.inlineCallbacks
+    def test_add_domain_makes_a_dkim_key_and_a_verification_token(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("Acme.example", server=("acme", "mail"))
+        keys = yield self.store.dkim_keys("acme.EXAMPLE")
+        self.assertEqual(len(keys), 1)
+        key = keys[0]
+        self.assertEqual((key.domain_id, key.domain, key.algorithm, key.retiring),
+                         (domain.id, "acme.example", "rsa", False))
+        self.assertRegex(key.selector, r"^mailgw-[a-z0-9]{6}$")
+        self.assertEqual(key.dns_name, f"{key.selector}._domainkey.acme.example")
+        self.assertKeyPair(key)
+        self.assertEqual((yield self.store.dkim_keys(domain.id)), keys)
+        # the private key is never in a repr (nor, so, in a log line)
+        self.assertNotIn("PRIVATE", repr(key))
+        self.assertNotIn(key.private_key.splitlines()[1], repr(keys))
+
+        token = yield self.store.domain_verification_token("acme.example")
+        self.assertRegex(token, r"^[A-Za-z0-9]{24}$")
+        self.assertEqual((yield self.store.domain_verification_token(domain.id)), token)
+        other = yield self.store.add_domain("other.example", server=("acme", "mail"))
+        self.assertNotEqual((yield self.store.domain_verification_token(other.id)), token)
+        other_key = (yield self.store.dkim_keys(other.id))[0]
+        self.assertNotEqual(other_key.private_key, key.private_key)
+
+    @defer.inlineCallbacks
+    def test_a_refused_domain_leaves_no_key(self):
+        yield self.tenancy()
+        yield self.store.add_domain("acme.example", organization="acme")
+        yield self.assertFailure(
+            self.store.add_domain("acme.example", organization="acme"), Conflict)
+        self.assertEqual((yield self.store._run(_rows_of, "dkim_keys")), 1)
+
+    @defer.inlineCallbacks
+    def test_rotate_dkim_and_finish(self):
+        yield self.tenancy()
+        yield self.store.add_domain("acme.example", organization="acme")
+        [first] = yield self.store.dkim_keys("acme.example")
+        second = yield self.store.rotate_dkim("acme.example")
+        self.assertNotEqual(second.selector, first.selector)
+        self.assertFalse(second.retiring)
+        self.assertKeyPair(second)
+        keys = yield self.store.dkim_keys("acme.example")
+        self.assertEqual([(k.selector, k.retiring) for k in keys],
+                         [(second.selector, False), (first.selector, True)])
+        third = yield self.store.rotate_dkim("acme.example")
+        keys = yield self.store.dkim_keys("acme.example")
+        # active first, then the retiring ones, newest first
+        self.assertEqual([(k.selector, k.retiring) for k in keys],
+                         [(third.selector, False), (second.selector, True),
+                          (first.selector, True)])
+        removed = yield self.store.finish_dkim_rotation("acme.example")
+        self.assertEqual([k.selector for k in removed], [second.selector, first.selector])
+        self.assertEqual((yield self.store.dkim_keys("acme.example")), [third])
+        self.assertEqual((yield self.store.finish_dkim_rotation("acme.example")), [])
+        self.assertEqual((yield self.store.dkim_keys("acme.example")), [third])
+
+    @defer.inlineCallbacks
+    def test_dkim_keys_go_with_their_domain(self):
+        yield self.tenancy()
+        domain = yield self.store.add_domain("acme.example", organization="acme")
+        yield self.store.rotate_dkim(domain.id)
+        yield self.store.remove_domain(domain.id)
+        self.assertEqual((yield self.store._run(_rows_of, "dkim_keys")), 0)
+
+    @defer.inlineCallbacks
+    def test_domain_references(self):
+        yield self.tenancy()
+        mine = yield self.store.add_domain("acme.example", server=("acme", "mail"))
+        theirs = yield self.store.add_domain("acme.example", organization="acme")
+        for call in (self.store.dkim_keys, self.store.rotate_dkim,
+                     self.store.finish_dkim_rotation, self.store.domain_verification_token):
+            yield self.assertFailure(call("nope.example"), NotFound)
+            yield self.assertFailure(call(theirs.id + 1000), NotFound)
+            yield self.assertFailure(call("not a domain"), ValueError)
+            failure = yield self.assertFailure(call("acme.example"), Conflict)
+            self.assertIn(f"acme/mail (ID {mine.id}), acme (ID {theirs.id})", str(failure))
+        # by ID, each is its own
+        [key] = yield self.store.dkim_keys(mine.id)
+        self.assertEqual(key.domain_id, mine.id)
+        self.assertNotEqual((yield self.store.dkim_keys(theirs.id)), [key])
+
+    @defer.inlineCallbacks
+    def test_upgrade_and_look_up_give_older_domains_a_token(self):
+        old = yield self.make_store(self.new_location())
+        yield old._run(_apply_schema_up_to, old.engine, 3)
+        org = yield old.add_organization("acme", "Acme")
+        before = yield old._run(_insert_domain_without_token, "acme.example", org.id)
+        self.assertEqual((yield old.upgrade()), [4])
+        token = yield old._run(_token_of, before)
+        self.assertRegex(token, r"^[0-9a-f]{24}$")
+        self.assertEqual((yield old.domain_verification_token(before)), token)
+        self.assertEqual((yield old.dkim_keys(before)), [])
+        # a domain added after the upgrade by a node still on schema 3's code
+        after = yield old._run(_insert_domain_without_token, "late.example", org.id)
+        token = yield old.domain_verification_token("late.example")
+        self.assertRegex(token, r"^[A-Za-z0-9]{24}$")
+        self.assertEqual((yield old._run(_token_of, after)), token)
+        self.assertEqual((yield old.domain_verification_token(after)), token)
+        # a rotation gives it its first key
+        first = yield old.rotate_dkim(after)
+        self.assertEqual((yield old.dkim_keys(after)), [first])
 
     # -- IAdmin: credentials ----------------------------------------------------------
 
