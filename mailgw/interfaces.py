@@ -369,6 +369,19 @@ class IRelayQueue(Interface):
         @raise NotFound: no such message.
         """
 
+    # A server's own message, as the HTTP API's message routes show it.
+
+    def message_for_server(server_id, ref):
+        """The message of server C{server_id} named by C{ref}: a queue entry
+        id (an int) or a queue id (the token, a str, case-sensitive).
+
+        @return: Deferred firing with a L{mailgw.store.base.ServerMessage}:
+            the entry with that id, or every entry of the message with that
+            token (by id), and their attempts, oldest first.
+        @raise NotFound: (as a failure) no such entry or message, or one of
+            another server.
+        """
+
 
 class IStore(IDirectory, IQueue, IAdmin, IRelayQueue):
     """One engine (SQLite or PostgreSQL) behind every store interface."""

@@ -187,3 +187,4 @@ class TimedStore:
     release_message = _timed("release_message")
     retry_message = _timed("retry_message")
     remove_message = _timed("remove_message")
+    message_for_server = _timed("message_for_server")

@@ -139,7 +139,8 @@ class GatewayService(service.MultiService):
                           for i, listener in enumerate(config.listeners)]
         self.api = None
         if config.http_api is not None:
-            site = build_api_site(self.portal, self.core, config, reactor, self.metrics)
+            site = build_api_site(self.portal, self.core, config, reactor, self.metrics,
+                                  store=self.store)
             self.gates.append(site.resource)
             self.api = api_listener_service(site, config, self.tls, reactor, self.metrics)
             self.listeners.append(self.api)

@@ -739,6 +739,57 @@ def _remove_message(token):
     return entries
 
 
+# -- a server's own message, for the HTTP API's message routes ---------------------
+
+@dataclass(frozen=True)
+class RecordedAttempt:
+    """A delivery attempt as stored: its row id and the L{DeliveryAttempt}."""
+    id: int
+    attempt: DeliveryAttempt
+
+
+@dataclass(frozen=True)
+class ServerMessage:
+    """What L{Store.message_for_server} found.
+
+    @ivar entries: the entry asked for by id, or every entry of the message
+        asked for by token, in id order; never empty.
+    @ivar attempts: the L{RecordedAttempt}s of those entries, oldest first.
+    """
+    entries: tuple
+    attempts: tuple
+
+
+#: ids are signed 64-bit on both engines; a larger number names nothing (and
+#: would overflow the driver's parameter)
+_MAX_ID = 2 ** 63 - 1
+
+
+def _message_for_server(server_id, ref):
+    if isinstance(ref, int):
+        if not 0 < ref <= _MAX_ID:
+            raise NotFound(f"no queue entry {ref}")
+        rows = yield Q(_QUEUE_SELECT + " WHERE q.id = ? AND m.server_id = ?",
+                       (ref, server_id))
+    else:
+        rows = yield Q(_QUEUE_SELECT + " WHERE m.token = ? AND m.server_id = ? "
+                       "ORDER BY q.id", (ref, server_id))
+    if not rows:
+        # another server's message is as unknown as one that never was
+        raise NotFound(f"no message {ref} of server {server_id}")
+    entries = tuple(_entry(r) for r in rows)
+    columns = ("SELECT a.id, a.queue_id, a.attempted_at, a.remote_host, a.code, a.text, "
+               "a.node FROM delivery_attempts a ")
+    if isinstance(ref, int):
+        rows = yield Q(columns + "WHERE a.queue_id = ? ORDER BY a.attempted_at, a.id",
+                       (ref,))
+    else:
+        rows = yield Q(columns + "JOIN queue q ON q.id = a.queue_id WHERE q.message_id = ? "
+                       "ORDER BY a.attempted_at, a.id", (entries[0].message_id,))
+    attempts = tuple(RecordedAttempt(r[0], DeliveryAttempt(*r[1:])) for r in rows)
+    return ServerMessage(entries, attempts)
+
+
 def _schema_version(table_query):
     rows = yield Q(table_query)
     if not rows[0][0]:  # never upgraded: looked at, not created
@@ -1078,3 +1129,8 @@ class Store:
 
     def remove_message(self, token):
         return self._run(_remove_message, token)
+
+    # IRelayQueue: a server's own message, for the HTTP API
+
+    def message_for_server(self, server_id, ref):
+        return self._read(_message_for_server, server_id, ref)

@@ -1,6 +1,9 @@
-"""The Postal-compatible HTTP send API: C{/api/v1/send/message} and
-C{/api/v1/send/raw}, authenticated by an C{api} credential's key in the
-C{X-Server-API-Key} header, feeding the same queue as SMTP.
+"""The Postal-compatible HTTP API: C{/api/v1/send/message} and
+C{/api/v1/send/raw}, feeding the same queue as SMTP, and
+C{/api/v1/messages/message} and C{/api/v1/messages/deliveries}, which tell
+a server what became of its own messages (L{mailgw.web.messages}). Every
+route is authenticated by an C{api} credential's key in the
+C{X-Server-API-Key} header.
 
 Every answer to an API route is HTTP 200 with JSON
 C{{"status": "success"|"error"|"parameter-error", "time", "flags", "data"}}
@@ -32,7 +35,7 @@ from twisted.web.resource import Resource
 from mailgw.auth.credentials import APIKey
 from mailgw.auth.guard import LockedOut
 from mailgw.config import HTTPAPIConfig
-from mailgw.interfaces import IAPIClient, StoreError
+from mailgw.interfaces import IAPIClient, NotFound, StoreError
 from mailgw.listeners import ListenerService, parse_endpoint
 from mailgw.model import generate_token
 from mailgw.submission import (
@@ -44,10 +47,18 @@ from mailgw.web.compose import (
     APIError, ParameterError, compose_message, parse_params, raw_submission, too_large,
 )
 from mailgw.web.limits import APISite, ConnectionCaps
+from mailgw.web.messages import (
+    describe_deliveries, describe_message, header_section, message_reference, needs,
+    requested_expansions,
+)
 
 log = Logger()
 
-ROUTES = {b"/api/v1/send/message": "message", b"/api/v1/send/raw": "raw"}
+ROUTES = {b"/api/v1/send/message": "message", b"/api/v1/send/raw": "raw",
+          b"/api/v1/messages/message": "lookup",
+          b"/api/v1/messages/deliveries": "deliveries"}
+#: the routes that submit mail; the others only read the store
+SEND_ROUTES = frozenset({"message", "raw"})
 #: request bodies from this size on are decoded and built on a worker thread
 THREAD_THRESHOLD = 256 * 1024
 
@@ -97,9 +108,14 @@ class SendAPI(Resource):
     #: False until the gateway's store is open
     ready = True
 
-    def __init__(self, portal, core, config, clock, metrics=None):
+    def __init__(self, portal, core, config, clock, metrics=None, store=None):
+        """
+        @param store: the L{mailgw.interfaces.IStore} the message routes
+            read; without one, they are unknown routes.
+        """
         super().__init__()
         self._metrics = metrics
+        self._store = store
         self._portal = portal
         self._core = core
         self._clock = clock
@@ -114,7 +130,8 @@ class SendAPI(Resource):
         gone = []
         request.notifyFinish().addErrback(gone.append)
         d = self._answer(request)
-        d.addCallback(self._count, request)
+        if ROUTES.get(request.path.rstrip(b"/")) in SEND_ROUTES:
+            d.addCallback(self._count, request)
         d.addCallback(self._write, request, started, gone)
         d.addErrback(lambda f: log.failure("HTTP API: answer not written", f))
         return server.NOT_DONE_YET
@@ -147,7 +164,7 @@ class SendAPI(Resource):
     def _answer(self, request):
         """@return: Deferred firing with C{(http code, status, data)}; never fails."""
         kind = ROUTES.get(request.path.rstrip(b"/"))
-        if kind is None:
+        if kind is None or (kind not in SEND_ROUTES and self._store is None):
             return 404, "error", _error(APIError("RouteNotFound"))
         if not self.ready:  # the store is not open yet: come back shortly
             return 200, "error", _error(APIError("TemporaryFailure"))
@@ -155,7 +172,10 @@ class SendAPI(Resource):
         ip = client_ip(request)
         try:
             credential, server_ = yield self._authenticate(request, ip, trace)
-            data = yield self._submit(request, kind, ip, trace, credential, server_)
+            if kind in SEND_ROUTES:
+                data = yield self._submit(request, kind, ip, trace, credential, server_)
+            else:
+                data = yield self._look_up(request, kind, server_)
         except APIError as e:
             return 200, "error", _error(e)
         except ParameterError as e:
@@ -247,13 +267,7 @@ class SendAPI(Resource):
 
         @return: the L{mailgw.web.compose.Submission}.
         """
-        content.seek(0)
-        body = content.read()
-        if form_value is None and content_type.lower().startswith(
-                "application/x-www-form-urlencoded"):
-            form_value = parse_qs(body, keep_blank_values=True).get(b"params", [None])[0]
-        params = parse_params(content_type, body, form_value)
-        del body
+        params = _params(content_type, content, form_value)
         if kind == "message":
             submission = compose_message(params, hostname=self._hostname,
                                          now=self._clock.seconds(),
@@ -265,6 +279,64 @@ class SendAPI(Resource):
                                         allow_address_literals=self._literals)
         message.write(submission.message)
         return submission
+
+    # -- a server's own messages ------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _look_up(self, request, kind: str, server_):
+        """C{messages/message} or C{messages/deliveries} for C{server_}.
+
+        @return: Deferred firing with the answer's C{data}, or failing with
+            L{APIError} C{MessageNotFound} (another server's message too:
+            its existence is not told) or a L{ParameterError}.
+        """
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+        form_value = (request.args or {}).get(b"params", [None])[0]
+        params = yield self._run(_body_size(request.content), _params, content_type,
+                                 request.content, form_value)
+        ref = message_reference(params)
+        expansions = requested_expansions(params) if kind == "lookup" else frozenset()
+        try:
+            record = yield self._store.message_for_server(server_.id, ref)
+        except NotFound:
+            raise APIError("MessageNotFound") from None
+        if kind == "deliveries":
+            return describe_deliveries(record)
+        # the server as authenticated now: privacy mode applies at once
+        privacy = server_.privacy_mode
+        wanted = needs(expansions, privacy)
+        message_id = record.entries[0].message_id
+        data = None
+        if wanted == "body":
+            data = yield self._store.read_body(message_id)
+        elif wanted == "head":
+            data = yield self._header_section(message_id)
+        return (yield self._run(len(data or b""), describe_message, record, expansions,
+                                privacy, data, isinstance(ref, str)))
+
+    @defer.inlineCallbacks
+    def _header_section(self, message_id):
+        """The stored message's header section, read piece by piece until its
+        empty line, so that details of a large message do not read it all."""
+        data, seq = b"", 0
+        while b"\r\n\r\n" not in data:
+            chunk = yield self._store.read_body_chunk(message_id, seq)
+            if not chunk:
+                break
+            data += chunk
+            seq += 1
+        return header_section(data)
+
+
+def _params(content_type: str, content, form_value) -> dict:
+    """The request's parameters: its JSON body, or the JSON of its C{params}
+    field (in the query string or a form-encoded body)."""
+    content.seek(0)
+    body = content.read()
+    if form_value is None and content_type.lower().startswith(
+            "application/x-www-form-urlencoded"):
+        form_value = parse_qs(body, keep_blank_values=True).get(b"params", [None])[0]
+    return parse_params(content_type, body, form_value)
 
 
 def _message_id(fields) -> str | None:
@@ -286,7 +358,7 @@ def _body_size(content) -> int:
     return size
 
 
-def build_api_site(portal, core, config, clock, metrics=None) -> APISite:
+def build_api_site(portal, core, config, clock, metrics=None, store=None) -> APISite:
     """The API as a twisted.web C{Site}, with the request size limit and the
     idle, header and body timeouts of C{config.http_api} (see
     L{mailgw.web.limits}).
@@ -298,9 +370,11 @@ def build_api_site(portal, core, config, clock, metrics=None) -> APISite:
     @param clock: the reactor (its thread pool decodes big requests), or
         any C{IReactorTime}; it also runs every timeout.
     @param metrics: the gateway's L{mailgw.metrics.Metrics}, or None.
+    @param store: the L{mailgw.interfaces.IStore} the message routes read
+        (C{messages/message}, C{messages/deliveries}); None leaves them out.
     """
     api = config.http_api or HTTPAPIConfig()
-    site = APISite(SendAPI(portal, core, config, clock, metrics),
+    site = APISite(SendAPI(portal, core, config, clock, metrics, store),
                    max_message_size=config.limits.max_message_size,
                    idle_timeout=api.idle_timeout, header_timeout=api.header_timeout,
                    body_timeout=api.body_timeout, metrics=metrics, reactor=clock)

@@ -59,6 +59,7 @@ ERROR_MESSAGES = {
     "LoopDetected": "The message has passed through this gateway too many times.",
     "TemporaryFailure": "Temporary failure, please try again later.",
     "RouteNotFound": "There is no such API route.",
+    "MessageNotFound": "No message found matching provided ID",
 }
 
 

@@ -858,6 +858,51 @@ class StoreContract:
                          ["o@x.example"])
         yield self.assertFailure(self.store.remove_message(token), NotFound)
 
+    # -- IRelayQueue: a server's own message, for the HTTP API --------------------
+
+    @defer.inlineCallbacks
+    def test_message_for_server_by_token_and_by_entry_id(self):
+        token, ids = yield self.message_of_three()
+        f, s = ids["f@x.example"], ids["s@x.example"]
+        from twisted.internet import reactor
+        later = reactor.seconds() + 10
+        # an older attempt recorded after the newer ones still comes first
+        yield self.store.record_attempt(DeliveryAttempt(f, later - 100, None, None,
+                                                        "connection refused", "n"))
+        yield self.store.record_attempt(DeliveryAttempt(s, later, "mx2", 250, "again", "n"))
+        found = yield self.store.message_for_server(self.mail.id, token)
+        self.assertEqual([(e.id, e.rcpt_to, e.status) for e in found.entries],
+                         [(ids["h@x.example"], "h@x.example", "held"),
+                          (f, "f@x.example", "failed"), (s, "s@x.example", "sent")])
+        self.assertEqual([(r.attempt.queue_id, r.attempt.code, r.attempt.text)
+                          for r in found.attempts],
+                         [(f, None, "connection refused"), (f, 550, "550 no"),
+                          (s, 250, "250 ok"), (s, 250, "again")])
+        self.assertEqual(len({r.id for r in found.attempts}), 4)
+        self.assertEqual(found.attempts[0].attempt,
+                         DeliveryAttempt(f, later - 100, None, None, "connection refused",
+                                         "n"))
+        one = yield self.store.message_for_server(self.mail.id, s)
+        self.assertEqual([e.id for e in one.entries], [s])
+        self.assertEqual([r.attempt.text for r in one.attempts], ["250 ok", "again"])
+        held = yield self.store.message_for_server(self.mail.id, ids["h@x.example"])
+        self.assertEqual((held.entries[0].token, held.attempts), (token, ()))
+
+    @defer.inlineCallbacks
+    def test_message_for_server_sees_only_that_servers_messages(self):
+        token, ids = yield self.message_of_three()
+        for ref in (token, ids["s@x.example"]):
+            yield self.assertFailure(self.store.message_for_server(self.other.id, ref),
+                                     NotFound)
+            yield self.assertFailure(self.store.message_for_server(self.main.id, ref),
+                                     NotFound)
+        for ref in ("NOSUCHTOKEN1", token.lower(), 0, -1, 10 ** 6, 2 ** 63, 10 ** 30):
+            yield self.assertFailure(self.store.message_for_server(self.mail.id, ref),
+                                     NotFound)
+        yield self.store.remove_message(token)
+        yield self.assertFailure(self.store.message_for_server(self.mail.id, token),
+                                 NotFound)
+
     # -- IAdmin: the failure throttle's notice board -------------------------------
 
     @defer.inlineCallbacks
