@@ -5,7 +5,8 @@ written back to the store.
 The L{Router} knows where a route goes and how to talk to it (endpoint,
 TLS, AUTH); a L{DeliveryJob} resolves the route, connects to its first
 target that answers, sends one transaction per message (all its recipients
-of that route at once, RSET between messages), reconnects when a connection
+of that route at once, RSET between messages; the body from the L{Signer},
+DKIM-signed when the message's domain has a key), reconnects when a connection
 that already carried a message drops, and hands every result to the
 L{Settler}, which decides sent, retry or failed (with its bounce).
 """
@@ -26,6 +27,7 @@ from mailgw.relay.client import ClientSettings, SMTPSession, connect, describe
 from mailgw.relay.errors import DeliveryError, permanent, temporary
 from mailgw.relay.mx import MXResolver, Target
 from mailgw.relay.schedule import next_attempt
+from mailgw.relay.signing import Signer
 
 log = Logger()
 
@@ -48,26 +50,6 @@ class Result:
     @classmethod
     def of_error(cls, e: DeliveryError) -> Result:
         return cls(e.code, e.text, e.host, e.permanent)
-
-
-class StoreBody:
-    """A stored body read piece by piece (never whole) for the DATA phase."""
-
-    def __init__(self, store, message_id: int, size: int):
-        self._store, self._message_id, self._size = store, message_id, size
-        self._seq = self._read = 0
-
-    @defer.inlineCallbacks
-    def next_chunk(self):
-        if self._read >= self._size:
-            return None
-        chunk = yield self._store.read_body_chunk(self._message_id, self._seq)
-        if not chunk:
-            raise LookupError(f"message {self._message_id} has no piece {self._seq} "
-                              "(removed meanwhile?)")
-        self._seq += 1
-        self._read += len(chunk)
-        return chunk
 
 
 def route_of(entry, smarthost: bool) -> str:
@@ -184,8 +166,11 @@ class Settler:
 class DeliveryJob:
     """The claims of one route, over as few connections as possible."""
 
-    def __init__(self, router: Router, settler: Settler, store, clock, route: str, claims):
+    def __init__(self, router: Router, settler: Settler, store, clock, route: str, claims,
+                 signer: Signer | None = None):
         self.router, self.settler, self.store, self.clock = router, settler, store, clock
+        #: makes each message's body: DKIM-signed when its domain has a key
+        self.signer = signer or Signer(store, router.reactor)
         self.route = route
         self.claims = list(claims)
         self.session = None
@@ -304,9 +289,9 @@ class DeliveryJob:
             message_id, group = next(iter(pending.items()))
             entry = group[0].entry
             try:
+                body, size = yield self.signer.body_for(entry)
                 replies = yield session.send(
-                    entry.mail_from, [c.entry.rcpt_to for c in group],
-                    StoreBody(self.store, message_id, entry.size), entry.size)
+                    entry.mail_from, [c.entry.rcpt_to for c in group], body, size)
             except Exception as e:
                 session.connection.abort()
                 self.session = None

@@ -35,10 +35,17 @@ def certificate(hostname: str = "localhost"):
 class Received:
     mail_from: str
     rcpts: list
-    data: bytes      # after un-dot-stuffing, as the message was meant
+    data: bytes      # after un-dot-stuffing, as the message was meant, less the signature
     wire: bytes      # exactly what came between DATA and the final dot
     connection: int  # index into the sink's connections
     reply: bytes = b""
+    #: the DKIM-Signature header field the relay prepended (with its CRLF), or b""
+    dkim_signature: bytes = b""
+
+    @property
+    def message(self) -> bytes:
+        """The whole message as received: signature and C{data}."""
+        return self.dkim_signature + self.data
 
     @property
     def accepted(self) -> bool:
@@ -50,6 +57,17 @@ class Connection:
     commands: list = field(default_factory=list)
     tls: bool = False
     user: str | None = None
+
+
+def split_signature(data: bytes) -> tuple[bytes, bytes]:
+    """C{(DKIM-Signature field, rest)} of a message the relay signed (its
+    first field), else C{(b"", data)}: the rest is what the store held."""
+    if not data[:15].lower() == b"dkim-signature:":
+        return b"", data
+    end = data.index(b"\r\n") + 2
+    while data[end:end + 1] in (b" ", b"\t"):  # folded continuation lines
+        end = data.index(b"\r\n", end) + 2
+    return data[:end], data[end:]
 
 
 def unstuff(wire: bytes) -> bytes:
@@ -116,7 +134,8 @@ class SinkProtocol(protocol.Protocol):
         reply = self.sink.data_replies.pop(0) if self.sink.data_replies else \
             b"250 2.0.0 Ok: queued"
         mail_from, rcpts = self.envelope
-        message = Received(mail_from, rcpts, unstuff(wire), wire, self.index, reply)
+        signature, data = split_signature(unstuff(wire))
+        message = Received(mail_from, rcpts, data, wire, self.index, reply, signature)
         self.envelope = None
         if self.sink.silent_at == b"END":
             self.silent = True
