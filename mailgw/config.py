@@ -236,7 +236,8 @@ class DNSConfig:
     #: the host the return-path CNAME C{psrp.<domain>} points to (bounces
     #: come back there, as in Postal); empty: no return-path record
     return_path_domain: str = field(default="", metadata=_check(_domain_name))
-    #: "host:port" of the DNS server for domain checks; empty: /etc/resolv.conf
+    #: "host:port" of the DNS server for domain checks; empty: C{[relay]
+    #: resolver}, and when that is empty too /etc/resolv.conf
     resolver: str = field(default="", metadata=_check(_host_port))
 
 

@@ -189,10 +189,18 @@ def _domain_verbs(verb) -> None:
     p.add_argument("--use-for-any", action="store_true",
                    help="any From address is allowed (server-owned domains only)")
     _owner(verb("list", c.domain_list, "list domains"), required=False)
-    for name, verified in (("verify", True), ("unverify", False)):
-        p = verb(name, c.domain_verify, f"mark a domain {'' if verified else 'not '}verified",
-                 verified=verified)
-        p.add_argument("id", metavar="ID", type=int)
+    p = verb("verify", c.domain_verify_dns, "mark a domain verified once its ownership "
+             "TXT record is published (see `domain dns`)", verified=True, lookup=True)
+    p.add_argument("domain", metavar="NAME", type=c.domain_ref,
+                   help="the domain's name, or its ID when several owners have that name")
+    p.add_argument("--force", action="store_true",
+                   help="mark it verified without looking the record up")
+    verb("unverify", c.domain_verify, "mark a domain not verified",
+         verified=False).add_argument("id", metavar="ID", type=int)
+    p = verb("check", c.domain_check, "look up the records of `domain dns` and say which "
+             "are OK, Missing or Invalid", lookup=True)
+    p.add_argument("domain", metavar="NAME", type=c.domain_ref,
+                   help="the domain's name, or its ID when several owners have that name")
     verb("remove", c.domain_remove, "remove a domain").add_argument(
         "id", metavar="ID", type=int)
     p = verb("dns", c.domain_dns, "print the DNS records to publish for a domain: "
@@ -336,6 +344,10 @@ async def session(reactor, config, args) -> Output | int:
         await store.start()
         if args.needs_schema:
             await store.upgrade()
+        if getattr(args, "lookup", False):
+            # the verbs that look records up do so on this reactor
+            from mailgw.domains.lookup import domain_lookup
+            args.lookup = domain_lookup(config, reactor)
         return await args.run(store, args)
     except EXPECTED as e:
         return fail(e)

@@ -20,7 +20,7 @@ import time
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mailgw.admin.output import (
-    ATTEMPT_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, LISTENER_COLUMNS,
+    ATTEMPT_COLUMNS, CHECK_COLUMNS, CREDENTIAL_COLUMNS, DOMAIN_COLUMNS, ENTRY_COLUMNS, LISTENER_COLUMNS,
     LOCKOUT_COLUMNS, MESSAGE_ENTRY_COLUMNS, ORGANIZATION_COLUMNS, SERVER_COLUMNS, Output,
     attempt_json, cell, count, credential_json, dkim_key_json, dns_records_text,
     domain_json, entry_json, fields, iso8601,
@@ -28,6 +28,8 @@ from mailgw.admin.output import (
     printable, relay_json, relay_text, server_json, table,
 )
 from mailgw.auth.throttle import throttle_key
+from mailgw.domains import checks
+from mailgw.domains.checks import spf_value
 from mailgw.interfaces import NotFound
 
 #: the settings C{server set} may change, as the store names them
@@ -137,8 +139,30 @@ async def domain_list(store, args) -> Output:
 
 
 async def domain_verify(store, args) -> Output:
-    domain = await store.set_domain_verified(args.id, args.verified)
+    """C{unverify ID}, and C{verify NAME|ID --force}: set the flag."""
+    domain_id = args.id if args.verified is False else await _domain_id(store, args.domain)
+    domain = await store.set_domain_verified(domain_id, args.verified)
     return _one(domain_json(domain))
+
+
+async def domain_verify_dns(store, args) -> Output:
+    """C{verify NAME|ID}: mark the domain verified only when its ownership
+    TXT record is published (as Postal verifies domains); C{--force} sets
+    the flag without looking."""
+    if args.force:
+        return await domain_verify(store, args)
+    # the token first: it fails for an unknown or ambiguous name
+    token = await store.domain_verification_token(args.domain)
+    name = await _domain_name(store, args.domain)
+    found = await args.lookup.txt(name)
+    check = checks.verification_status(found, token)
+    if check.status != checks.OK:
+        seen = (f"found {', '.join(repr(v) for v in check.found)}" if check.found
+                else "not found")
+        raise ValueError(f"{name} is not verified: publish the TXT record "
+                         f"\"{check.expected}\" at {name} ({seen})")
+    domain = await store.set_domain_verified(await _domain_id(store, args.domain), True)
+    return Output(domain_json(domain), f"verified {name}")
 
 
 async def domain_remove(store, args) -> Output:
@@ -154,14 +178,6 @@ def domain_ref(text: str) -> int | str:
     return int(text) if text.isdigit() and int(text) <= MAX_ID else text
 
 
-def spf_value(include: str) -> str:
-    """The SPF record a domain publishes (RFC 7208): the domain's own A and MX
-    hosts, and the platform's include when configured; C{~all} (softfail)
-    rather than C{-all}, as Postal advises, so that mail sent through other
-    services during a move is marked rather than refused."""
-    return f"v=spf1 a mx{f' include:{include}' if include else ''} ~all"
-
-
 async def _domain_name(store, ref: int | str) -> str:
     if isinstance(ref, str):
         from mailgw.address import normalise_domain
@@ -170,6 +186,51 @@ async def _domain_name(store, ref: int | str) -> str:
         if domain.id == ref:
             return domain.name
     raise NotFound(f"no domain {ref}")
+
+
+async def _domain_id(store, ref: int | str) -> int:
+    """The ID of the domain C{ref} names (failing as the store does for an
+    unknown or ambiguous name)."""
+    if isinstance(ref, int):
+        return ref
+    keys = await store.dkim_keys(ref)
+    if keys:
+        return keys[0].domain_id
+    name = await _domain_name(store, ref)
+    [domain] = [d for d in await store.list_domains() if d.name == name]
+    return domain.id
+
+
+async def domain_check(store, args) -> Output:
+    """Each record C{domain dns} asks for, looked up: OK, Missing or Invalid
+    with the value expected, as on Postal's DNS page."""
+    token = await store.domain_verification_token(args.domain)
+    keys = [k for k in await store.dkim_keys(args.domain) if not k.retiring]
+    name = await _domain_name(store, args.domain)
+    dns, lookup = args.dns, args.lookup
+    txt = await lookup.txt(name)
+    rows = [_check_row("verification", name, "TXT", checks.verification_status(txt, token)),
+            _check_row("spf", name, "TXT", checks.spf_status(txt, dns.spf_include))]
+    for key in keys:
+        record = dkim_key_json(key)
+        found = await lookup.txt(key.dns_name)
+        rows.append(dict(_check_row("dkim", key.dns_name, "TXT",
+                                    checks.dkim_status(found, record["value"])),
+                         selector=key.selector))
+    if not keys:
+        rows.append(_check_row("dkim", f"<selector>._domainkey.{name}", "TXT", checks.Check(
+            checks.MISSING, f"a DKIM key: run `mailgw domain rotate-dkim {name}`")))
+    if dns.return_path_domain:
+        rp = f"psrp.{name}"
+        rows.append(_check_row("return_path", rp, "CNAME", checks.return_path_status(
+            await lookup.cname(rp), dns.return_path_domain)))
+    rows.append(_check_row("mx", name, "MX", checks.mx_status(await lookup.mx(name))))
+    return _many(rows, CHECK_COLUMNS, "no records")
+
+
+def _check_row(purpose: str, name: str, rtype: str, check) -> dict:
+    return {"purpose": purpose, "name": name, "type": rtype, "status": check.status,
+            "expected": check.expected, "found": list(check.found)}
 
 
 async def domain_dns(store, args) -> Output:

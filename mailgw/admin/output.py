@@ -230,6 +230,9 @@ def table(columns: list[tuple[str, str]], rows: list[dict], empty: str) -> str:
         "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+#: C{domain check}: the expected value is what to publish when not OK
+CHECK_COLUMNS = [("RECORD", "purpose"), ("NAME", "name"), ("TYPE", "type"),
+                 ("STATUS", "status"), ("EXPECTED", "expected")]
 ORGANIZATION_COLUMNS = [("PERMALINK", "permalink"), ("NAME", "name"),
                         ("SUSPENDED", "suspended")]
 SERVER_COLUMNS = [

@@ -148,7 +148,7 @@ class ConfigTests(CLITestCase):
 
     async def test_usage_errors_exit_2(self):
         runs = await together(self.run_cli(), self.run_cli("org", "frobnicate"),
-                                    self.run_cli("domain", "verify", "one"))
+                                    self.run_cli("domain", "unverify", "one"))
         for run in runs:
             self.assertEqual(run.code, 2, run.err)
             self.assertIn("usage: mailgw", run.err)
@@ -312,7 +312,7 @@ class DomainTests(CLITestCase):
                          ["a.example"])
         self.assertEqual(names(await self.json("domain", "list", "--org", "acme")),
                          ["b.example"])
-        self.assertTrue((await self.json("domain", "verify", str(mine.id)))["verified"])
+        self.assertTrue((await self.json("domain", "verify", str(mine.id), "--force"))["verified"])
         self.assertFalse((await self.json("domain", "unverify", str(mine.id)))["verified"])
         self.assertEqual(await self.ok("domain", "remove", str(mine.id)),
                          f"removed domain {mine.id}\n")
