@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.names import dns
-from twisted.names import error as dns_error
 
-from mailgw.relay.mx import _dns_text, make_resolver
+from mailgw.relay.mx import dns_text, make_resolver, no_such_name
 
 #: seconds to wait for each try: 15 seconds in all before giving up, short
 #: enough for a command line
@@ -37,10 +36,10 @@ class DomainLookup:
         try:
             answers, _, _ = yield method(name, timeout=self.timeout)
         except Exception as e:
-            if _no_such_name(e):
+            if no_such_name(e):
                 return []
             raise DNSLookupError(
-                f"DNS look-up of the {kind} records of {name} failed: {_dns_text(e)}") from e
+                f"DNS look-up of the {kind} records of {name} failed: {dns_text(e)}") from e
         # a name that is an alias answers with the CNAME and then the
         # target's records: the target's are the ones that count
         return [rr for rr in answers if rr.type == rtype]
@@ -70,14 +69,6 @@ class DomainLookup:
         records = sorted((rr.payload.preference, str(rr.payload.name).rstrip(".").lower())
                          for rr in answers)
         return [f"{preference} {host or '.'}" for preference, host in records]
-
-
-def _no_such_name(e: Exception) -> bool:
-    """Whether C{e} says the name does not exist (NXDOMAIN). SERVFAIL and
-    REFUSED are L{dns_error.DomainError}s too in twisted.names, so the plain
-    class (what local resolvers raise) is matched exactly."""
-    return isinstance(e, (dns_error.DNSNameError, dns_error.AuthoritativeDomainError)) \
-        or type(e) is dns_error.DomainError
 
 
 def domain_lookup(config, reactor) -> DomainLookup:

@@ -131,7 +131,7 @@ class MXResolver:
             except dns_error.DomainError:
                 addresses = []
             except Exception as e:
-                problems.append(f"{host}: {_dns_text(e)}")
+                problems.append(f"{host}: {dns_text(e)}")
                 continue
             found += [Target(host, address, self.port) for address in addresses]
         return found, problems
@@ -155,10 +155,11 @@ class MXResolver:
         """MX host names in the order to try, or C{None} for no MX record."""
         try:
             answers, _, _ = yield self.resolver.lookupMailExchange(domain)
-        except dns_error.DomainError:
-            raise permanent(f"domain {domain} does not exist") from None
         except Exception as e:
-            raise temporary(f"DNS look-up of the MX of {domain} failed: {_dns_text(e)}") from e
+            # Only NXDOMAIN is final; a SERVFAIL or REFUSED passes and is retried.
+            if no_such_name(e):
+                raise permanent(f"domain {domain} does not exist") from None
+            raise temporary(f"DNS look-up of the MX of {domain} failed: {dns_text(e)}") from e
         records = [(rr.payload.preference, str(rr.payload.name).rstrip(".").lower())
                    for rr in answers if rr.type == dns.MX]
         if not records:
@@ -205,7 +206,15 @@ def _refused(targets: list[Target]) -> DeliveryError:
                      "(relay.allow_local_destinations is off)")
 
 
-def _dns_text(e: Exception) -> str:
+def no_such_name(e: Exception) -> bool:
+    """Whether C{e} says the name does not exist (NXDOMAIN). SERVFAIL and
+    REFUSED are L{dns_error.DomainError}s too in twisted.names, so the plain
+    class (what local resolvers raise) is matched exactly."""
+    return isinstance(e, (dns_error.DNSNameError, dns_error.AuthoritativeDomainError)) \
+        or type(e) is dns_error.DomainError
+
+
+def dns_text(e: Exception) -> str:
     if isinstance(e, defer.TimeoutError) or isinstance(e, dns_error.DNSQueryTimeoutError):
         return "timed out"
     if isinstance(e, dns_error.DNSServerError):

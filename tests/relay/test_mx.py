@@ -100,6 +100,26 @@ class MXTests(unittest.TestCase):
         self.assertTrue(e.text.startswith("DNS look-up of the MX of dest.test failed"), e.text)
 
     @defer.inlineCallbacks
+    def test_servfail_is_temporary_and_nxdomain_permanent(self):
+        from twisted.names import error as dns_error
+
+        class Failing:
+            def __init__(self, error):
+                self.error = error
+
+            def lookupMailExchange(self, name):
+                return defer.fail(self.error)
+        e = yield self.assertFailure(
+            MXResolver(Failing(dns_error.DNSServerError("SERVFAIL")), 25).targets("dest.test"),
+            DeliveryError)
+        self.assertFalse(e.permanent, "a passing SERVFAIL must be retried, not bounced")
+        for nxdomain in (dns_error.DNSNameError("NXDOMAIN"), dns_error.DomainError("gone")):
+            e = yield self.assertFailure(MXResolver(Failing(nxdomain), 25).targets("dest.test"),
+                                         DeliveryError)
+            self.assertTrue(e.permanent)
+            self.assertEqual(e.text, "domain dest.test does not exist")
+
+    @defer.inlineCallbacks
     def test_address_literals_need_no_dns(self):
         r = self.resolver({})
         self.assertEqual((yield r.targets("[127.0.0.9]")),
