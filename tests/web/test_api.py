@@ -141,10 +141,14 @@ class APITestBase(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.log.append)
         self.serve(self.store)
 
+    #: give the site the store, so the message routes answer
+    message_routes = False
+
     def serve(self, store):
         self.guard = guard = AuthenticationGuard(self.throttle)
         portal = build_portal(store, reactor, None, guard)
-        site = build_api_site(portal, core_of(store, self.config), self.config, reactor)
+        site = build_api_site(portal, core_of(store, self.config), self.config, reactor,
+                              store=store if self.message_routes else None)
         tracker = ConnectionTracker(site)
         port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
         self.port = port.getHost().port

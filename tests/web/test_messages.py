@@ -15,16 +15,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from mailgw.auth.guard import AuthenticationGuard
-from mailgw.auth.realm import build_portal
 from mailgw.model import DeliveryAttempt, QueueEntry
 from mailgw.store.base import RecordedAttempt, ServerMessage
-from mailgw.web.api import build_api_site
 from mailgw.web.compose import ParameterError
 from mailgw.web.messages import describe_deliveries, message_reference, requested_expansions
 from tests.helpers import b64
 from tests.web.test_api import (
-    API_KEY, HELD_KEY, MESSAGE, OTHER_KEY, RAW, APITestBase, ConnectionTracker, core_of, http,
+    API_KEY, HELD_KEY, MESSAGE, OTHER_KEY, RAW, APITestBase, http,
 )
 
 LOOKUP = "/api/v1/messages/message"
@@ -46,21 +43,7 @@ def rich(**extra):
 
 
 class MessageRoutesBase(APITestBase):
-    def serve(self, store):
-        self.guard = guard = AuthenticationGuard(self.throttle)
-        portal = build_portal(store, reactor, None, guard)
-        site = build_api_site(portal, core_of(store, self.config), self.config, reactor,
-                              store=store)
-        tracker = ConnectionTracker(site)
-        port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
-        self.port = port.getHost().port
-
-        @defer.inlineCallbacks
-        def stop():
-            yield port.stopListening()
-            yield tracker.all_closed()
-            yield self.store.settle()
-        self.addCleanup(stop)
+    message_routes = True
 
     @defer.inlineCallbacks
     def send(self, params=None, key=API_KEY):
