@@ -87,7 +87,7 @@ class SMTPMessage:
         s = session
         self._incoming = core.open_message(core.received_header(
             s.protocol_word, self.token, client_ip=s.client_ip, helo=s.helo or s.client_ip,
-            privacy=identity.server.privacy_mode))
+            privacy=identity.server.privacy_mode), self.token)
 
     def write(self, chunk: bytes) -> None:
         """Body bytes, dot-stuffing undone, line ends as the client sent them."""

@@ -60,12 +60,20 @@ class SubmissionCore:
     def hostname(self) -> str:
         return self.settings.hostname
 
-    def open_message(self, received: bytes) -> IncomingMessage:
-        """A new message whose first line is C{received}."""
+    def open_message(self, received: bytes, token: str | None = None) -> IncomingMessage:
+        """A new message whose first line is C{received}.
+
+        @param token: the message's queue id: given, a message without a
+            C{Date} or C{Message-ID} field gets one (L{missing_fields}).
+        """
         s = self.settings
+        complete = None
+        if token is not None:
+            complete = functools.partial(missing_fields, hostname=self.hostname, token=token,
+                                         clock=self._clock)
         return IncomingMessage(received, max_size=s.max_message_size,
                                max_header_size=s.max_header_size,
-                               spool_directory=s.spool_directory)
+                               spool_directory=s.spool_directory, complete=complete)
 
     def received_header(self, protocol: str, token: str, *, client_ip: str | None = None,
                         helo: str | None = None, privacy: bool = False) -> bytes:
@@ -147,6 +155,23 @@ def own_received_count(fields, hostname: str) -> int:
     """How many Received fields name C{by <hostname>}."""
     pattern = _by_host(hostname)
     return sum(1 for name, value in fields if name == "received" and pattern.search(value))
+
+
+def missing_fields(fields, *, hostname: str, token: str, clock) -> bytes:
+    """The C{Date} and C{Message-ID} fields a message lacks (RFC 5322
+    section 3.6: every message has exactly one C{Date}, and should have a
+    C{Message-ID}), as CRLF-terminated lines: the date is now, the
+    identifier C{<queue id@our host name>}, unique as the queue id is (RFC
+    5322 section 3.6.4). A DKIM signature covers both (see docs/dkim.md),
+    so they must exist before the message is signed."""
+    names = {name for name, _ in fields}
+    added = b""
+    if "date" not in names:
+        date = format_datetime(datetime.fromtimestamp(clock.seconds(), UTC))
+        added += f"Date: {date}\r\n".encode("ascii")
+    if "message-id" not in names:
+        added += f"Message-ID: <{token}@{hostname}>\r\n".encode("ascii", "replace")
+    return added
 
 
 def received_header(hostname: str, protocol: str, token: str, when: float, *,

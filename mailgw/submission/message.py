@@ -8,11 +8,15 @@ size limit is kept. L{IncomingMessage.end} then gives the parsed fields, or
 raises the first refusal in the wire contract's order.
 
 What is spooled is exactly what the policy parsed: the canonical header
-section, then the canonical body, every line ending in CRLF.
+section, then the canonical body, every line ending in CRLF. The one
+addition is what RFC 5322 section 3.6 requires of every message and a
+client may leave out: a C{Date} and a C{Message-ID} field, written at the
+end of the header section by the C{complete} callable when missing.
 """
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 
 from mailgw.submission.headers import HEAD_END, canonical_header_section, parse_fields
 from mailgw.submission.refusals import (
@@ -41,11 +45,15 @@ class IncomingMessage:
     """
 
     def __init__(self, received: bytes, *, max_size: int, max_header_size: int,
-                 spool_directory: str | None = None):
+                 spool_directory: str | None = None,
+                 complete: Callable[[list[tuple[str, str]]], bytes] | None = None):
         """
         @param received: our C{Received:} line (CRLF-terminated, not empty),
             the first header of the stored message.
+        @param complete: given the parsed fields, the fields (CRLF-terminated
+            lines) to add at the end of the header section, or C{b""}.
         """
+        self._complete = complete
         if not received.endswith(b"\r\n"):
             raise ValueError("the Received line must end in CRLF")
         self._max_size = max_size
@@ -88,6 +96,14 @@ class IncomingMessage:
         except Refusal as refusal:
             self.size += len(raw)
             return self._refuse(refusal)
+        if self._complete is not None:
+            added = self._complete(self.fields)
+            if added:
+                # before the empty line, or after the last field of a message
+                # that is all header section
+                cut = len(section) - 2 if section.endswith(b"\r\n\r\n") else len(section)
+                section = section[:cut] + added + section[cut:]
+                self.fields = self.fields + parse_fields(added)
         self._store(section)
 
     def _write_body(self, data: bytes) -> None:

@@ -228,7 +228,7 @@ class SendAPI(Resource):
     def _submit(self, request, kind: str, ip: str, trace: str, credential, server_):
         token = generate_token(QUEUE_ID_LENGTH)
         message = self._core.open_message(self._core.received_header(
-            "HTTP", token, client_ip=ip or None, privacy=server_.privacy_mode))
+            "HTTP", token, client_ip=ip or None, privacy=server_.privacy_mode), token)
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         form_value = (request.args or {}).get(b"params", [None])[0]
         try:

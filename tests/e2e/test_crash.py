@@ -23,7 +23,8 @@ TRAILER = b"-- end of message --\r\n"
 def message(client: int, n: int) -> bytes:
     marker = f"c{client}-m{n}"
     body = (f"line {i} of {marker} " * 3 + "\r\n" for i in range(200 + 37 * n % 300))
-    return (f"From: app@good.example\r\nTo: user@dest.example\r\nSubject: {marker}\r\n\r\n"
+    return (f"From: app@good.example\r\nTo: user@dest.example\r\nSubject: {marker}\r\n"
+            f"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{marker}@good.example>\r\n\r\n"
             .encode() + "".join(body).encode() + TRAILER)
 
 

@@ -62,7 +62,8 @@ SENDER = "a@good.example"
 RECIPIENT = "user@dest.example"
 QUEUED = re.compile(r"^OK: queued as ([A-Z0-9]{12})$")
 
-HEAD = b"From: a@good.example\r\nSubject: n\r\n\r\n"
+HEAD = (b"From: a@good.example\r\nSubject: n\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
+        b"Message-ID: <n@good.example>\r\n\r\n")
 #: what a lenient next hop would read as a second transaction
 SMUGGLED = (b"MAIL FROM:<x@foreign.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\n"
             b"From: ceo@foreign.test\r\n\r\nsmuggled\r\n")

@@ -17,7 +17,9 @@ from mailgw.store import open_store
 from tests.e2e.gateway import Gateway, mailgw_cli, require_tool, write_config
 from tests.helpers import database_url, on_postgres
 
+#: with a Date and a Message-ID, so that the gateway stores it as sent
 MESSAGE = (b"From: App <app@good.example>\r\nTo: user@dest.example\r\n"
+           b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <e2e@good.example>\r\n"
            b"Subject: e2e\r\n\r\nfirst line\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9\r\n")
 QUEUED = re.compile(r"^OK: queued as ([A-Z0-9]{12})$")
 

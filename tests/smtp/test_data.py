@@ -2,6 +2,8 @@
 bytes, holds, pipelining and the SMTP-smuggling cases."""
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 
 from hypothesis import given, settings, strategies as st
@@ -14,7 +16,9 @@ from tests.helpers import (
 )
 
 KEY = "K" * 24
-HEADERS = "From: Sender <me@good.example>\r\nTo: you@dest.example\r\nSubject: hi\r\n\r\n"
+#: with a Date and a Message-ID, so that the stored header section is the sent one
+HEADERS = ("From: Sender <me@good.example>\r\nTo: you@dest.example\r\nSubject: hi\r\n"
+           "Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <hi-1@good.example>\r\n\r\n")
 QUEUED = re.compile(rb"^250 OK: queued as ([A-Z0-9]{12})$")
 
 
@@ -112,6 +116,41 @@ class AcceptTests(DataTestBase):
         self.assertRegex(replies[0], QUEUED)
         _, [body] = yield self.stored()
         self.assertTrue(body.endswith(HEADERS.encode() + b"x\r\n.y\r\n"))
+
+
+class CompletionTests(DataTestBase):
+    """RFC 5322 section 3.6: a message gets the Date and Message-ID it lacks."""
+
+    @defer.inlineCallbacks
+    def test_missing_date_and_message_id_are_added(self):
+        head = "From: Sender <me@good.example>\r\nSubject: hi\r\n\r\n"
+        [reply] = yield self.submit(head + "body\r\n.\r\n")
+        token = QUEUED.match(reply).group(1).decode()
+        _, [body] = yield self.stored()
+        parsed = email.message_from_bytes(body, policy=email.policy.default)
+        self.assertEqual(parsed["Message-ID"], f"<{token}@{HOSTNAME}>")
+        self.assertEqual(len(parsed.get_all("Date")), 1)
+        self.assertIsNotNone(parsed["Date"].datetime)
+        self.assertTrue(body.endswith(b"\r\nSubject: hi\r\nDate: " + parsed["Date"].encode()
+                                      + b"\r\nMessage-ID: <" + token.encode() + b"@"
+                                      + HOSTNAME.encode() + b">\r\n\r\nbody\r\n"))
+
+    @defer.inlineCallbacks
+    def test_present_ones_are_kept_whatever_their_case(self):
+        head = ("From: me@good.example\r\nDATE: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
+                "message-id: <own@good.example>\r\n\r\n")
+        yield self.submit(head + "body\r\n.\r\n")
+        _, [body] = yield self.stored()
+        self.assertTrue(body.endswith((head + "body\r\n").encode()))
+
+    @defer.inlineCallbacks
+    def test_only_the_missing_one_is_added(self):
+        head = "From: me@good.example\r\nMessage-ID: <own@good.example>\r\n\r\n"
+        yield self.submit(head + "body\r\n.\r\n")
+        _, [body] = yield self.stored()
+        parsed = email.message_from_bytes(body, policy=email.policy.default)
+        self.assertEqual(parsed.get_all("Message-ID"), ["<own@good.example>"])
+        self.assertEqual(len(parsed.get_all("Date")), 1)
 
 
 class SmugglingTests(DataTestBase):

@@ -38,6 +38,39 @@ def stored(chunks, **limits):
     return data, fields
 
 
+class CompletionTests(unittest.TestCase):
+    """What C{complete} returns is written at the end of the header section."""
+
+    def complete(self, raw: bytes):
+        seen = []
+
+        def complete(fields):
+            seen.append(fields)
+            return b"Date: now\r\n"
+        message = IncomingMessage(RECEIVED, max_size=1 << 20, max_header_size=4096,
+                                  complete=complete)
+        message.write(raw)
+        fields = message.end()
+        message.spool.seek(0)
+        data = message.spool.read()
+        message.close()
+        return data, fields, seen
+
+    def test_before_the_empty_line(self):
+        data, fields, seen = self.complete(b"From: a@own.test\r\n\r\nbody\r\n")
+        self.assertEqual(data, RECEIVED + b"From: a@own.test\r\nDate: now\r\n\r\nbody\r\n")
+        self.assertEqual(fields[-1], ("date", "now"))
+        self.assertEqual([f[0] for f in seen[0]], ["received", "from"])
+
+    def test_after_the_last_field_of_a_message_without_a_body(self):
+        data, _, _ = self.complete(b"From: a@own.test")
+        self.assertEqual(data, RECEIVED + b"From: a@own.test\r\nDate: now\r\n")
+
+    def test_after_a_folded_last_field(self):
+        data, _, _ = self.complete(b"Subject: a\r\n b\r\n\r\nx\r\n")
+        self.assertEqual(data, RECEIVED + b"Subject: a\r\n b\r\nDate: now\r\n\r\nx\r\n")
+
+
 class IncomingMessageTests(unittest.TestCase):
     def test_canonical_message_is_stored_as_it_came(self):
         raw = b"From: a@own.test\r\nSubject: x\r\n\r\nbody\r\n"

@@ -52,7 +52,8 @@ RECEIVED = re.compile(
     + re.escape(HOSTNAME) + r" with HTTP id ([A-Z0-9]{12}); "
     r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000$")
 RAW_MESSAGE = (b"From: Me <me@good.example>\r\nTo: you@dest.example\r\n"
-               b"Message-ID: <raw-1@good.example>\r\nSubject: raw\r\n\r\nhello\r\n")
+               b"Message-ID: <raw-1@good.example>\r\nSubject: raw\r\n"
+               b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n")
 
 
 def http(url, body=None, headers=None, method="POST"):
@@ -585,6 +586,20 @@ class SendRawTests(APITestBase):
                          {e.rcpt_to: {"id": e.id, "token": token} for e in entries})
 
     @defer.inlineCallbacks
+    def test_raw_without_message_id_or_date_gets_ours(self):
+        raw = b"From: me@good.example\r\nSubject: bare\r\n\r\nhello\r\n"
+        answer = yield self.call(RAW, {"mail_from": "me@good.example",
+                                       "rcpt_to": ["a@dest.example"], "data": b64(raw)})
+        self.assertEqual(answer["status"], "success", answer)
+        token = answer["data"]["messages"]["a@dest.example"]["token"]
+        self.assertEqual(answer["data"]["message_id"], f"{token}@{HOSTNAME}")
+        _, bodies = yield self.stored()
+        parsed = email.message_from_bytes(list(bodies.values())[0],
+                                          policy=email.policy.default)
+        self.assertEqual(parsed["Message-ID"], f"<{token}@{HOSTNAME}>")
+        self.assertIsNotNone(parsed["Date"].datetime)
+
+    @defer.inlineCallbacks
     def test_raw_form_encoded_bare_lf_becomes_crlf(self):
         data = RAW_MESSAGE.replace(b"\r\n", b"\n").replace(b"hello\n", b"hello")
         answer = yield self.call(RAW, {"mail_from": "<>", "rcpt_to": ["a@dest.example"],
@@ -723,7 +738,8 @@ class SizeLimitTests(APITestBase):
         """send/raw parameters whose stored message is exactly C{size} bytes."""
         received = len(received_header(HOSTNAME, "HTTP", "X" * 12, 0,
                                        client_ip="127.0.0.1"))
-        head = b"From: me@good.example\r\nSubject: big\r\n\r\n"
+        head = (b"From: me@good.example\r\nSubject: big\r\nMessage-ID: <big@good.example>\r\n"
+                b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\n")
         fill = size - received - len(head)
         line = b"x" * 76 + b"\r\n"
         body = line * (fill // len(line))

@@ -193,6 +193,7 @@ class MessageTests(MessageRoutesBase):
     def test_raw_message_parts(self):
         raw = (b"From: Me <me@good.example>\r\nTo: you@dest.example\r\n"
                b"Subject: =?utf-8?q?caf=C3=A9?=\r\nMessage-ID: <raw-9@good.example>\r\n"
+               b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
                b"Content-Type: text/plain; charset=x-unknown\r\n\r\nplain \xe9\r\n")
         answer = yield self.call(RAW, {"mail_from": "me@good.example",
                                        "rcpt_to": ["you@dest.example"], "data": b64(raw)})
