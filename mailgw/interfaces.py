@@ -186,8 +186,9 @@ class IAdmin(Interface):
         L{mailgw.model.DKIMKey}s, the active one first, then the retiring
         ones, newest first."""
 
-    def rotate_dkim(domain):
-        """Generate a new key under a new selector and mark the others
+    def rotate_dkim(domain, algorithm="rsa"):
+        """Generate a new key of C{algorithm} (C{"rsa"} or C{"ed25519"})
+        under a new selector and mark the domain's others of that algorithm
         retiring (still listed, still to be published).
         @return: Deferred firing with the new L{mailgw.model.DKIMKey}."""
 
@@ -309,6 +310,23 @@ class IRelayQueue(Interface):
 
         @return: Deferred firing with C{True}, or C{False} (no bounce queued)
             as for L{mark_sent}.
+        """
+
+    def mark_held(entry_id, node_id, attempt, reason):
+        """Record C{attempt} and set the entry C{held} with C{reason}
+        (released by the operator), releasing its lease.
+
+        @return: Deferred firing with C{True}, or C{False} as for L{mark_sent}.
+        """
+
+    def signing_keys(server_id, domain):
+        """The active DKIM keys a message of server C{server_id} from
+        C{domain} (a name) is signed with: those of the domain of that name
+        owned by the server, else by its organization.
+
+        @return: Deferred firing with a list of L{mailgw.model.DKIMKey}s
+            (empty when the domain has no active key).
+        @raise NotFound: (as a failure) neither owns such a domain.
         """
 
     def get_attempts(entry_id):

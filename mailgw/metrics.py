@@ -179,6 +179,8 @@ class TimedStore:
     mark_sent = _timed("mark_sent")
     mark_retry = _timed("mark_retry")
     mark_failed = _timed("mark_failed")
+    mark_held = _timed("mark_held")
+    signing_keys = _timed("signing_keys")
     get_attempts = _timed("get_attempts")
     release_entry = _timed("release_entry")
     retry_entry = _timed("retry_entry")

@@ -188,6 +188,8 @@ def _domain_verbs(verb) -> None:
     p.add_argument("--verified", action="store_true")
     p.add_argument("--use-for-any", action="store_true",
                    help="any From address is allowed (server-owned domains only)")
+    p.add_argument("--ed25519", action="store_true",
+                   help="also an Ed25519 DKIM key, a second signature (RFC 8463)")
     _owner(verb("list", c.domain_list, "list domains"), required=False)
     p = verb("verify", c.domain_verify_dns, "mark a domain verified once its ownership "
              "TXT record is published (see `domain dns`)", verified=True, lookup=True)
@@ -213,6 +215,9 @@ def _domain_verbs(verb) -> None:
                    help="the domain's name, or its ID when several owners have that name")
     p.add_argument("--finish", action="store_true",
                    help="delete the retiring keys (their records may then go)")
+    p.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                   help="the key to rotate (default rsa); ed25519 on a domain without "
+                        "one adds a second signature (RFC 8463)")
 
 
 def _credential_verbs(verb) -> None:

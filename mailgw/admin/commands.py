@@ -129,8 +129,14 @@ async def domain_add(store, args) -> Output:
     domain = await store.add_domain(
         args.name, server=args.server, organization=args.org,
         verified=args.verified, use_for_any=args.use_for_any)
+    if args.ed25519:
+        await store.rotate_dkim(domain.id, "ed25519")
     keys = await store.dkim_keys(domain.id)
-    return _one(dict(domain_json(domain), dkim_selector=keys[0].selector if keys else None))
+    rsa = [k.selector for k in keys if k.algorithm == "rsa"]
+    out = dict(domain_json(domain), dkim_selector=rsa[0] if rsa else None)
+    if args.ed25519:
+        out["dkim_ed25519_selector"] = next(k.selector for k in keys if k.algorithm == "ed25519")
+    return _one(out)
 
 
 async def domain_list(store, args) -> Output:
@@ -267,7 +273,7 @@ async def domain_rotate_dkim(store, args) -> Output:
         else:
             text = "no retiring DKIM keys"
         return Output({"removed": removed}, text)
-    key = dkim_key_json(await store.rotate_dkim(args.domain))
+    key = dkim_key_json(await store.rotate_dkim(args.domain, args.algorithm))
     text = fields({k: v for k, v in key.items() if k != "value"})
     text += ("\npublish this record, then, once receivers have it and mail signed with "
              "the old keys has been delivered, run `mailgw domain rotate-dkim "

@@ -70,6 +70,23 @@ def _load(private_key_pem: str):
     return key
 
 
+def signing_secret(private_key_pem: str, algorithm: str) -> bytes:
+    """The private key in the form dkimpy signs with: the PEM text for RSA,
+    and for Ed25519 the base64 of its raw 32-byte seed (RFC 8032 section
+    5.1.5), which is how dkimpy (through PyNaCl) takes it.
+
+    @raise ValueError: the PEM does not hold a key of C{algorithm}.
+    """
+    key = _load(private_key_pem)
+    if algorithm == "rsa" and isinstance(key, rsa.RSAPrivateKey):
+        return private_key_pem.encode("ascii")
+    if algorithm == "ed25519" and isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        return base64.b64encode(raw)
+    raise ValueError(f"the key stored as {algorithm} is not a {algorithm} key")
+
+
 def dns_value(private_key_pem: str) -> str:
     """The DKIM key record's text for the public half of C{private_key_pem}
     (RFC 6376 section 3.6.1): C{v=DKIM1; k=rsa; p=<base64>}, C{p=} being

@@ -27,7 +27,7 @@ from mailgw.relay.client import ClientSettings, SMTPSession, connect, describe
 from mailgw.relay.errors import DeliveryError, permanent, temporary
 from mailgw.relay.mx import MXResolver, Target
 from mailgw.relay.schedule import next_attempt
-from mailgw.relay.signing import Signer
+from mailgw.relay.signing import Signer, SigningFailure
 
 log = Logger()
 
@@ -151,6 +151,23 @@ class Settler:
         if self.metrics is not None:
             self.metrics.relay.labels(outcome).inc()
         return outcome
+
+    @defer.inlineCallbacks
+    def hold(self, claim: Claim, reason: str):
+        """Set the entry C{held} with C{reason}, an attempt recording why:
+        it waits for the operator (C{mailgw message release})."""
+        entry, now = claim.entry, self.clock.seconds()
+        attempt = DeliveryAttempt(entry.id, now, None, None, f"held: {reason}", self.node_id)
+        held = yield self.store.mark_held(entry.id, self.node_id, attempt, reason)
+        log.error("relay: {token} to <{rcpt}>: held ({reason})", token=entry.token,
+                  rcpt=entry.rcpt_to, reason=reason)
+        if not held:
+            log.warn("relay: {token} to <{rcpt}>: this node no longer held the entry (lease "
+                     "lost or entry changed); the hold was recorded only as an attempt",
+                     token=entry.token, rcpt=entry.rcpt_to)
+        if self.metrics is not None:
+            self.metrics.relay.labels("held").inc()
+        return "held"
 
     @defer.inlineCallbacks
     def _bounce(self, claim: Claim, result: Result, expired: bool):
@@ -292,6 +309,14 @@ class DeliveryJob:
                 body, size = yield self.signer.body_for(entry)
                 replies = yield session.send(
                     entry.mail_from, [c.entry.rcpt_to for c in group], body, size)
+            except SigningFailure as e:
+                # raised before anything was sent for it: the session is as
+                # good as it was, and goes on (or quits) as after a delivery
+                del pending[message_id]
+                for claim in group:
+                    yield self.settler.hold(claim, e.reason)
+                carried = True
+                continue
             except Exception as e:
                 session.connection.abort()
                 self.session = None

@@ -1,8 +1,11 @@
 """DKIM signing at send (RFC 6376): the body the relay streams for a message.
 
-A message whose sender domain has an active DKIM key goes out as
-C{DKIM-Signature header + stored message}; any other message goes out as
-stored, streamed from the store piece by piece (L{StoreBody}).
+A message of a tenant's domain goes out as C{DKIM-Signature header(s) +
+stored message}, signed with each active key of the domain recorded on it
+(its From's domain, or the C{use_for_any} domain that authorised it): the
+RSA key, and an Ed25519 key (RFC 8463) as a second signature when the domain
+has one. A message without a recorded domain (a bounce this gateway wrote)
+goes out as stored, streamed from the store piece by piece (L{StoreBody}).
 
 Signing needs the whole message: the body hash (RFC 6376 section 3.7) covers
 every byte and the signature covers the header fields. The stored message is
@@ -13,12 +16,11 @@ handed to the SMTP client from memory. The memory this holds is one message
 (bounded by the message size limit) plus its signature, for each delivery
 under way, so at most C{concurrency} times the size limit.
 
-A signing failure (a key that does not load, an algorithm this node cannot
-sign with) never loses or delays mail: the message is sent unsigned and an
-error is logged. An unsigned message is what a domain without a key sends,
-and receivers treat it as such (RFC 6376 section 6.1: a missing or failing
-signature is no worse than none); holding the mail back would turn a key
-problem into an outage of the domain's mail.
+A message that cannot be signed (its domain has no active key, is gone, or
+has a key that does not load) is not sent unsigned: L{SigningFailure} tells
+the relay to hold it with the reason (docs/dkim.md), for the operator to fix
+the key and release it. Receivers that enforce DMARC would junk or refuse it
+anyway.
 """
 from __future__ import annotations
 
@@ -27,20 +29,44 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailgw.relay.client import BytesBody
-from mailgw.interfaces import Conflict, NotFound
+from mailgw.domains.dkim import signing_secret
+from mailgw.interfaces import NotFound
 
 log = Logger()
 
-#: the header fields signed (RFC 6376 section 5.4.1 lists these as the ones
-#: a signature should cover). dkimpy names them all in h=, present or not: a
-#: field named but absent signs as empty, so one added later in transit (a
-#: second From, a Cc) breaks the signature (RFC 6376 sections 5.4 and 8.15).
-#: Our own Received header comes first in the stored message and is not
-#: signed: later hops add theirs above it, which a signature must survive.
-SIGNED_HEADERS = (
-    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"sender",
-    b"mime-version", b"content-type", b"content-transfer-encoding",
-)
+#: the header fields signed when present, each as often as it occurs (RFC
+#: 6376 section 5.4.1 lists these as the ones a signature should cover; they
+#: are the ones Postal signs). Our own Received header comes first in the
+#: stored message and is not signed: later hops add theirs above it, which a
+#: signature must survive.
+SIGNED_HEADERS = frozenset((
+    b"from", b"sender", b"reply-to", b"subject", b"date", b"message-id", b"to", b"cc",
+    b"mime-version", b"content-type", b"content-transfer-encoding", b"in-reply-to",
+    b"references", b"list-id", b"list-help", b"list-unsubscribe", b"list-unsubscribe-post",
+    b"list-subscribe", b"list-post", b"list-owner", b"list-archive",
+))
+#: the signature algorithm of each key algorithm (RFC 6376 section 3.3, RFC 8463)
+SIGNATURE_ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+
+
+class SigningFailure(Exception):
+    """A message that must not leave unsigned cannot be signed.
+
+    @ivar reason: what the relay holds it with (no key material in it).
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def signed_headers(message: bytes) -> list[bytes]:
+    """The names for C{h=}: each field of L{SIGNED_HEADERS} as often as the
+    message has it, and C{from} once more, so that a second From added in
+    transit breaks the signature (over-signing, RFC 6376 section 8.15)."""
+    headers, _ = dkim.rfc822_parse(message)
+    names = [name.lower() for name, _ in headers if name.lower() in SIGNED_HEADERS]
+    return names + [b"from"]
 
 
 class StoreBody:
@@ -63,24 +89,35 @@ class StoreBody:
         return chunk
 
 
-def sign_message(message: bytes, domain: str, selector: str, private_key: str) -> bytes:
+def sign_message(message: bytes, domain: str, selector: str, private_key: str,
+                 algorithm: str = "rsa") -> bytes:
     """The C{DKIM-Signature} header field (with its CRLF) for C{message}:
-    relaxed/relaxed canonicalisation, rsa-sha256 (RFC 6376 sections 3.4 and
-    3.3), with no identity of our own (dkimpy writes the default, C{i=@d},
-    RFC 6376 section 3.5). CPU work: call it in a thread.
+    relaxed/relaxed canonicalisation, rsa-sha256 or ed25519-sha256 (RFC 6376
+    sections 3.4 and 3.3, RFC 8463), with no identity of our own (dkimpy
+    writes the default, C{i=@d}, RFC 6376 section 3.5). CPU work: call it in
+    a thread.
 
+    @param private_key: PEM text from L{mailgw.domains.dkim.generate_key}.
     @raise Exception: the key does not load or cannot sign (dkimpy's errors).
     """
     return dkim.sign(message, selector.encode("ascii"), domain.encode("ascii"),
-                     private_key.encode("ascii"), include_headers=list(SIGNED_HEADERS),
+                     signing_secret(private_key, algorithm),
+                     include_headers=signed_headers(message),
                      canonicalize=(b"relaxed", b"relaxed"),
-                     signature_algorithm=b"rsa-sha256")
+                     signature_algorithm=SIGNATURE_ALGORITHMS[algorithm])
+
+
+def sign_with_keys(message: bytes, keys) -> bytes:
+    """The signature fields of every key in C{keys}, the first key's on top
+    (a verifier tries them in order, RFC 6376 section 6.1)."""
+    return b"".join(sign_message(message, k.domain, k.selector, k.private_key, k.algorithm)
+                    for k in keys)
 
 
 class Signer:
     """Makes the body the relay sends for a queue entry: signed with the
-    sender domain's active DKIM key when it has one (see the module
-    docstring), else the stored message as it is.
+    active DKIM keys of its sender domain (see the module docstring), or,
+    for a message without one, the stored message as it is.
 
     The key is looked up for every message, not cached: a rotation or a
     replaced bad key then takes effect with the next message, and the look-up
@@ -97,50 +134,42 @@ class Signer:
     @defer.inlineCallbacks
     def body_for(self, entry):
         """@return: Deferred firing with C{(body, size)} for the SMTP client:
-        C{body} has C{next_chunk()}, C{size} counts its bytes."""
-        key = yield self._active_key(entry.domain)
-        if key is None:
+        C{body} has C{next_chunk()}, C{size} counts its bytes; failing with
+        L{SigningFailure} when the message cannot be signed."""
+        if not entry.domain:
             return StoreBody(self.store, entry.message_id, entry.size), entry.size
-        if key.algorithm != "rsa":
-            # Ed25519 (RFC 8463) needs PyNaCl in dkimpy, which this node does
-            # not require: such a domain's mail goes out unsigned
-            log.error("relay: {token}: DKIM key {selector} of {domain} is {algorithm}, which "
-                      "this node cannot sign with; sending unsigned", token=entry.token,
-                      selector=key.selector, domain=key.domain, algorithm=key.algorithm)
-            return StoreBody(self.store, entry.message_id, entry.size), entry.size
+        keys = yield self._active_keys(entry)
         message = yield self._read(entry)
         try:
             header = yield threads.deferToThreadPool(
-                self.reactor, self.reactor.getThreadPool(), sign_message, message,
-                key.domain, key.selector, key.private_key)
+                self.reactor, self.reactor.getThreadPool(), sign_with_keys, message, keys)
         except Exception as e:
-            log.error("relay: {token}: DKIM signing for {domain} (selector {selector}) "
-                      "failed, sending unsigned: {error}", token=entry.token,
-                      domain=key.domain, selector=key.selector, error=repr(e))
-            return BytesBody(message), len(message)
-        log.info("relay: {token}: DKIM-signed for {domain} with selector {selector}",
-                 token=entry.token, domain=key.domain, selector=key.selector)
+            # dkimpy's errors say what is wrong with a key, never the key
+            raise SigningFailure(f"DKIM signing for {entry.domain} failed: "
+                                 f"{type(e).__name__}: {e}"[:300]) from None
+        log.info("relay: {token}: DKIM-signed for {domain} with {selectors}",
+                 token=entry.token, domain=entry.domain,
+                 selectors=", ".join(f"{k.selector} ({k.algorithm})" for k in keys))
         signed = header + message
         return BytesBody(signed), len(signed)
 
     @defer.inlineCallbacks
-    def _active_key(self, domain):
-        """The domain's active key, or C{None}: no domain, no key, only
-        retiring ones (a rotation signs with the new key only), or a name
-        with several owners (whose key would be a guess)."""
-        if not domain:
-            return None
+    def _active_keys(self, entry):
+        """The active keys of the message's domain, RSA first (a verifier
+        without Ed25519 then meets the signature it knows first).
+
+        @raise SigningFailure: no domain of that name for the message's
+            server any more, or no active key.
+        """
         try:
-            keys = yield self.store.dkim_keys(domain)
-        except Conflict as e:
-            log.warn("relay: not DKIM-signing for {domain}: {error}", domain=domain,
-                     error=str(e))
-            return None
-        except (NotFound, ValueError):  # no such domain (any more), or no domain name
-            return None
-        if not keys or keys[0].retiring:
-            return None
-        return keys[0]
+            keys = yield self.store.signing_keys(entry.server_id, entry.domain)
+        except NotFound:
+            raise SigningFailure(f"DKIM: domain {entry.domain} no longer belongs to "
+                                 f"server {entry.server}") from None
+        if not any(k.algorithm == "rsa" for k in keys):
+            raise SigningFailure(f"DKIM: domain {entry.domain} has no active RSA key "
+                                 f"(mailgw domain rotate-dkim {entry.domain})")
+        return sorted(keys, key=lambda k: k.algorithm != "rsa")
 
     @defer.inlineCallbacks
     def _read(self, entry) -> bytes:

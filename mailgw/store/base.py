@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 from importlib import resources
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from zope.interface import implementer
 
 from mailgw.address import normalise_domain
@@ -535,9 +535,24 @@ def _dkim_keys(domain):
     return [_dkim_key(r) for r in rows]
 
 
+def _signing_keys(server_id, name):
+    rows = yield Q(
+        "SELECT d.id FROM domains d WHERE d.name = ? AND (d.server_id = ? OR "
+        "d.organization_id = (SELECT organization_id FROM servers WHERE id = ?)) "
+        "ORDER BY d.server_id IS NULL, d.id LIMIT 1", (name, server_id, server_id))
+    if not rows:
+        raise NotFound(f"server {server_id} has no domain {name}")
+    rows = yield Q(_DKIM_SELECT + " WHERE k.domain_id = ? AND k.retiring = ?" + _DKIM_ORDER,
+                   (rows[0][0], False))
+    return [_dkim_key(r) for r in rows]
+
+
 def _rotate_dkim(domain, key, now):
+    """A new key; the domain's other keys of its algorithm retire (an
+    Ed25519 key signs beside the RSA one, RFC 8463, and rotates on its own)."""
     found = yield from _require_domain(domain)
-    yield Q("UPDATE dkim_keys SET retiring = ? WHERE domain_id = ?", (True, found.id))
+    yield Q("UPDATE dkim_keys SET retiring = ? WHERE domain_id = ? AND algorithm = ?",
+            (True, found.id, key[1]))
     key_id = yield from _insert_dkim_key(found.id, key, now)
     rows = yield Q(_DKIM_SELECT + " WHERE k.id = ?", (key_id,))
     return _dkim_key(rows[0])
@@ -643,14 +658,14 @@ def _is_success(attempt) -> bool:
     return attempt.code is not None and 200 <= attempt.code < 300
 
 
-def _settle(entry_id, node_id, attempt, status, next_attempt_at):
+def _settle(entry_id, node_id, attempt, status, next_attempt_at, hold_reason=None):
     """Record C{attempt} and move the entry to C{status}, if this node still
     holds it. @return: whether it did."""
     rows = yield Q(
-        "UPDATE queue SET status = ?, next_attempt_at = ?, locked_by = NULL, "
-        "locked_until = NULL, updated_at = ? WHERE id = ? AND locked_by = ? "
-        "AND status = 'queued' RETURNING id",
-        (status, next_attempt_at, attempt.attempted_at, entry_id, node_id))
+        "UPDATE queue SET status = ?, next_attempt_at = ?, hold_reason = ?, "
+        "locked_by = NULL, locked_until = NULL, updated_at = ? WHERE id = ? "
+        "AND locked_by = ? AND status = 'queued' RETURNING id",
+        (status, next_attempt_at, hold_reason, attempt.attempted_at, entry_id, node_id))
     yield from _record_attempt(attempt)
     return bool(rows)
 
@@ -661,6 +676,10 @@ def _mark_sent(entry_id, node_id, attempt):
 
 def _mark_retry(entry_id, node_id, attempt, next_attempt_at):
     return (yield from _settle(entry_id, node_id, attempt, "queued", next_attempt_at))
+
+
+def _mark_held(entry_id, node_id, attempt, reason):
+    return (yield from _settle(entry_id, node_id, attempt, "held", None, reason))
 
 
 def _mark_failed(entry_id, node_id, attempt, bounce):
@@ -882,15 +901,20 @@ def new_verification_token() -> str:
     return generate_key(VERIFICATION_TOKEN_LENGTH)
 
 
-def _dkim_material() -> tuple[str, str, str]:
-    return dkim.new_selector(), "rsa", dkim.generate_key("rsa")
+def _dkim_material(algorithm: str) -> tuple[str, str, str]:
+    return dkim.new_selector(), algorithm, dkim.generate_key(algorithm)
 
 
-def _new_dkim():
+def _new_dkim(algorithm: str = "rsa"):
     """A new DKIM key, C{(selector, algorithm, PEM)}, generated in a thread:
     an RSA key takes tens of milliseconds, too long for the reactor thread
-    (PostgreSQL runs a transaction's Python on it)."""
-    return threads.deferToThread(_dkim_material)
+    (PostgreSQL runs a transaction's Python on it).
+
+    @raise ValueError: (as a failure) an unknown algorithm."""
+    if algorithm not in dkim.ALGORITHMS:
+        return defer.fail(ValueError(f"unknown DKIM key algorithm {algorithm!r}: use "
+                                     f"{' or '.join(dkim.ALGORITHMS)}"))
+    return threads.deferToThread(_dkim_material, algorithm)
 
 
 @implementer(IStore)
@@ -1020,8 +1044,8 @@ class Store:
     def dkim_keys(self, domain):
         return self._read(_dkim_keys, domain)
 
-    def rotate_dkim(self, domain):
-        d = _new_dkim()
+    def rotate_dkim(self, domain, algorithm="rsa"):
+        d = _new_dkim(algorithm)
         d.addCallback(lambda key: self._run(_rotate_dkim, domain, key, self._now()))
         return d
 
@@ -1099,6 +1123,12 @@ class Store:
 
     def mark_retry(self, entry_id, node_id, attempt, next_attempt_at):
         return self._run(_mark_retry, entry_id, node_id, attempt, next_attempt_at)
+
+    def mark_held(self, entry_id, node_id, attempt, reason):
+        return self._run(_mark_held, entry_id, node_id, attempt, reason)
+
+    def signing_keys(self, server_id, domain):
+        return self._read(_signing_keys, server_id, domain)
 
     def mark_failed(self, entry_id, node_id, attempt, bounce=None):
         if bounce is not None:

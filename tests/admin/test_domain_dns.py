@@ -141,3 +141,38 @@ class DomainDNSTests(CLITestCase):
             f.write('[dns]\nspf_include = "not a domain"\n')
         self.assertEqual(await self.error("domain", "dns", "example.com"),
                          "mailgw: config error: dns.spf_include: must be a domain name")
+
+
+class Ed25519Tests(CLITestCase):
+    """An Ed25519 key (RFC 8463) signs beside the RSA one and rotates on its own."""
+
+    async def test_domain_add_with_ed25519_has_both_keys_and_records(self):
+        store, _ = await self.seed()
+        added = await self.json("domain", "add", "example.com", "--org", "acme", "--ed25519")
+        keys = await store.dkim_keys("example.com")
+        self.assertEqual(sorted((k.algorithm, k.selector) for k in keys),
+                         sorted([("rsa", added["dkim_selector"]),
+                                 ("ed25519", added["dkim_ed25519_selector"])]))
+        records = [r for r in await self.json("domain", "dns", "example.com")
+                   if r["purpose"] == "dkim"]
+        by_selector = {r["selector"]: r["value"] for r in records}
+        ed = by_selector[added["dkim_ed25519_selector"]]
+        self.assertTrue(ed.startswith("v=DKIM1; k=ed25519; p="), ed)
+        self.assertEqual(len(base64.b64decode(ed.split("p=")[1])), 32)
+
+    async def test_rotating_one_algorithm_keeps_the_other_active(self):
+        store, _ = await self.seed()
+        await store.add_domain("example.com", organization="acme")
+        [rsa_key] = await store.dkim_keys("example.com")
+        ed = await self.json("domain", "rotate-dkim", "example.com", "--algorithm", "ed25519")
+        self.assertEqual(ed["algorithm"], "ed25519")
+        keys = {k.selector: (k.algorithm, k.retiring)
+                for k in await store.dkim_keys("example.com")}
+        self.assertEqual(keys, {rsa_key.selector: ("rsa", False),
+                                ed["selector"]: ("ed25519", False)})
+        again = await self.json("domain", "rotate-dkim", "example.com", "--algorithm", "ed25519")
+        keys = {k.selector: (k.algorithm, k.retiring)
+                for k in await store.dkim_keys("example.com")}
+        self.assertEqual(keys, {rsa_key.selector: ("rsa", False),
+                                ed["selector"]: ("ed25519", True),
+                                again["selector"]: ("ed25519", False)})

@@ -39,7 +39,7 @@ class Received:
     wire: bytes      # exactly what came between DATA and the final dot
     connection: int  # index into the sink's connections
     reply: bytes = b""
-    #: the DKIM-Signature header field the relay prepended (with its CRLF), or b""
+    #: the DKIM-Signature header fields the relay prepended (with their CRLFs), or b""
     dkim_signature: bytes = b""
 
     @property
@@ -60,13 +60,13 @@ class Connection:
 
 
 def split_signature(data: bytes) -> tuple[bytes, bytes]:
-    """C{(DKIM-Signature field, rest)} of a message the relay signed (its
-    first field), else C{(b"", data)}: the rest is what the store held."""
-    if not data[:15].lower() == b"dkim-signature:":
-        return b"", data
-    end = data.index(b"\r\n") + 2
-    while data[end:end + 1] in (b" ", b"\t"):  # folded continuation lines
+    """C{(DKIM-Signature fields, rest)} of a message the relay signed (its
+    first fields), else C{(b"", data)}: the rest is what the store held."""
+    end = 0
+    while data[end:end + 15].lower() == b"dkim-signature:":
         end = data.index(b"\r\n", end) + 2
+        while data[end:end + 1] in (b" ", b"\t"):  # folded continuation lines
+            end = data.index(b"\r\n", end) + 2
     return data[:end], data[end:]
 
 

@@ -13,16 +13,17 @@ import threading
 
 import dkim
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from mailgw.config import RelayConfig
-from mailgw.domains.dkim import dns_value, generate_key
+from mailgw.domains.dkim import dns_value
 from mailgw.model import MessageEnvelope, generate_token
 from mailgw.relay import signing
 from mailgw.relay.service import RelayService
 from mailgw.store.base import CHUNK_SIZE, Q
 from tests.relay.fixtures import BODY, PostgresFixture, StoreFixture
-from tests.relay.sink import Sink, text_body
+from tests.relay.sink import Sink, split_signature, text_body
 
 DOMAIN = "good.example"
 
@@ -159,51 +160,121 @@ class DKIMContract(StoreFixture):
         self.assertNotEqual(threads[0], threading.get_ident())
         self.assertTrue(message.dkim_signature)
 
-    # -- unsigned ----------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def test_headers_present_are_signed_and_from_over_signed(self):
+        body = (b"From: App <app@good.example>\r\nTo: a@dest.test\r\nTo: b@dest.test\r\n"
+                b"In-Reply-To: <x@y>\r\nList-Unsubscribe: <mailto:u@good.example>\r\n"
+                b"X-Other: not signed\r\nSubject: s\r\n\r\nbody\r\n")
+        message = yield self.deliver(body)
+        dnsfunc, _, _ = yield self.records()
+        signed = tags(message.dkim_signature)[b"h"].lower().split(b":")
+        self.assertEqual(sorted(signed), sorted([b"from", b"from", b"to", b"to", b"in-reply-to",
+                                                 b"list-unsubscribe", b"subject"]))
+        self.assertTrue(dkim.verify(message.message, dnsfunc=dnsfunc))
+        # a second From added on the way breaks it (over-signing, RFC 6376 8.15)
+        self.assertFalse(dkim.verify(b"From: evil@bad.test\r\n" + message.message,
+                                     dnsfunc=dnsfunc))
 
     @defer.inlineCallbacks
-    def test_domain_not_in_the_store_is_sent_unsigned(self):
-        message = yield self.deliver(sender_domain="elsewhere.example")
-        self.assertEqual((message.dkim_signature, message.data), (b"", BODY))
+    def test_ed25519_key_adds_a_second_signature(self):
+        ed = yield self.store.rotate_dkim(DOMAIN, "ed25519")
+        [rsa_key] = [k for k in (yield self.store.dkim_keys(DOMAIN)) if k.algorithm == "rsa"]
+        self.assertFalse(rsa_key.retiring)  # a rotation of one algorithm keeps the other
+        message = yield self.deliver()
+        dnsfunc, _, asked = yield self.records()
+        fields, rest = split_signature(message.message)
+        first, second = [b"DKIM-Signature:" + f for f in fields.split(b"DKIM-Signature:")[1:]]
+        self.assertEqual(tags(first)[b"a"], b"rsa-sha256")  # RSA first: every verifier knows it
+        self.assertEqual((tags(second)[b"a"], tags(second)[b"s"]),
+                         (b"ed25519-sha256", ed.selector.encode()))
+        self.assertEqual(rest, BODY)
+        # dkimpy verifies the signature at the index it is given (0 = the top one)
+        self.assertTrue(dkim.verify(message.message, dnsfunc=dnsfunc))
+        d = dkim.DKIM(message.message)
+        self.assertTrue(d.verify(idx=1, dnsfunc=dnsfunc))
+        self.assertIn(f"{ed.selector}._domainkey.{DOMAIN}", asked)
+
+    @defer.inlineCallbacks
+    def test_a_name_other_tenants_also_have_signs_with_this_servers_key(self):
+        yield self.store.add_organization("other", "Other")
+        yield self.store.add_domain(DOMAIN, organization="other")
+        [own] = yield self.store.signing_keys(self.tenancy["web"].id, DOMAIN)
+        message = yield self.deliver()
+        self.assertEqual(tags(message.dkim_signature)[b"s"], own.selector.encode())
+
+    # -- held, never sent unsigned -------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def held(self, sender_domain=DOMAIN):
+        """Deliver with no signature possible: the entry is held, nothing sent."""
+        [entry_id] = (yield self.enqueue(BODY, sender_domain)).values()
+        yield self.relay().run_once()
+        self.assertEqual(self.sink.messages, [])
+        entry = yield self.store.get_entry(entry_id)
+        self.assertEqual(entry.status, "held")
+        [attempt] = yield self.store.get_attempts(entry_id)
+        self.assertEqual(attempt.text, "held: " + entry.hold_reason)
+        return entry
 
     @defer.inlineCallbacks
     def test_no_sender_domain_is_sent_unsigned(self):
+        # a bounce this gateway wrote has no tenant domain
         message = yield self.deliver(sender_domain=None)
         self.assertEqual((message.dkim_signature, message.data), (b"", BODY))
 
     @defer.inlineCallbacks
-    def test_domain_without_a_key_is_sent_unsigned(self):
+    def test_domain_no_longer_the_servers_is_held(self):
+        entry = yield self.held(sender_domain="elsewhere.example")
+        self.assertEqual(entry.hold_reason,
+                         "DKIM: domain elsewhere.example no longer belongs to server acme/web")
+
+    @defer.inlineCallbacks
+    def test_domain_without_a_key_is_held(self):
         yield self.change_keys("DELETE FROM dkim_keys")
-        message = yield self.deliver()
-        self.assertEqual((message.dkim_signature, message.data), (b"", BODY))
+        entry = yield self.held()
+        self.assertEqual(entry.hold_reason, "DKIM: domain good.example has no active RSA key "
+                                            "(mailgw domain rotate-dkim good.example)")
 
     @defer.inlineCallbacks
-    def test_only_retiring_keys_is_sent_unsigned(self):
+    def test_only_retiring_keys_is_held(self):
         yield self.change_keys("UPDATE dkim_keys SET retiring = ?", (True,))
-        message = yield self.deliver()
-        self.assertEqual((message.dkim_signature, message.data), (b"", BODY))
+        yield self.held()
 
     @defer.inlineCallbacks
-    def test_bad_key_is_sent_unsigned_and_logged(self):
+    def test_bad_key_is_held_logged_and_sent_once_fixed(self):
         yield self.change_keys("UPDATE dkim_keys SET private_key = ?",
                                ("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n"
                                 "-----END PRIVATE KEY-----\n",))
         events = []
-        from twisted.logger import globalLogPublisher
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        message = yield self.deliver()
-        self.assertEqual((message.dkim_signature, message.data), (b"", BODY))
-        errors = [e for e in events if "DKIM signing" in e.get("log_format", "")]
+        entry = yield self.held()
+        self.assertTrue(entry.hold_reason.startswith("DKIM signing for good.example failed: "),
+                        entry.hold_reason)
+        errors = [e for e in events if "held" in e.get("log_format", "")]
         self.assertEqual([e["log_level"].name for e in errors], ["error"])
-        self.assertNotIn("PRIVATE KEY", repr(errors))
+        logged = " ".join(formatEvent(e) for e in events)
+        self.assertNotIn("PRIVATE KEY", logged)
+        self.assertNotIn("bm90IGEga2V5", logged + entry.hold_reason)
+        # the operator replaces the key and releases: it goes, signed
+        yield self.store.rotate_dkim(DOMAIN)
+        yield self.store.finish_dkim_rotation(DOMAIN)
+        yield self.store.release_entry(entry.id)
+        yield self.relay().run_once()
+        [message] = self.sink.messages
+        dnsfunc, _, _ = yield self.records()
+        self.assertTrue(dkim.verify(message.message, dnsfunc=dnsfunc))
 
     @defer.inlineCallbacks
-    def test_ed25519_key_is_sent_unsigned(self):
-        yield self.change_keys("UPDATE dkim_keys SET algorithm = ?, private_key = ?",
-                               ("ed25519", generate_key("ed25519")))
-        message = yield self.deliver()
-        self.assertEqual((message.dkim_signature, message.data), (b"", BODY))
+    def test_a_held_message_does_not_stop_the_next_on_the_same_connection(self):
+        yield self.change_keys("DELETE FROM dkim_keys")
+        yield self.enqueue(BODY)
+        yield self.enqueue(BODY, sender_domain=None)
+        yield self.relay().run_once()
+        [message] = self.sink.messages
+        self.assertEqual(message.data, BODY)
+        counts = yield self.store.queue_counts()
+        self.assertEqual((counts.get("held"), counts.get("sent")), (1, 1))
 
 
 class SQLiteDKIMTests(DKIMContract, unittest.TestCase):

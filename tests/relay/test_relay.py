@@ -92,12 +92,13 @@ class RelayContract(StoreFixture):
     def test_one_connection_carries_several_messages(self):
         yield self.enqueue(rcpts=("a@one.test", "b@two.test"))
         yield self.enqueue(rcpts=("c@three.test",))
-        yield self.enqueue(body=text_body(3 * CHUNK_SIZE, seed=3))
+        large = b"From: app@good.example\r\n\r\n" + text_body(3 * CHUNK_SIZE, seed=3)
+        yield self.enqueue(body=large)
         yield self.relay().run_once()
         self.assertEqual(len(self.sink.connections), 1)
         self.assertEqual([m.rcpts for m in self.sink.messages],
                          [["a@one.test", "b@two.test"], ["c@three.test"], ["to@dest.test"]])
-        self.assertEqual(self.sink.messages[2].data, text_body(3 * CHUNK_SIZE, seed=3))
+        self.assertEqual(self.sink.messages[2].data, large)
         verbs = [c.split(b" ")[0] for c in self.sink.connections[0].commands]
         self.assertEqual(verbs.count(b"RSET"), 2)
         self.assertEqual({e.status for e in (yield self.store.list_entries())}, {"sent"})
