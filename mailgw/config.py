@@ -239,6 +239,9 @@ class DNSConfig:
     #: "host:port" of the DNS server for domain checks; empty: C{[relay]
     #: resolver}, and when that is empty too /etc/resolv.conf
     resolver: str = field(default="", metadata=_check(_host_port))
+    #: seconds between two checks of a domain's records (each domain is
+    #: checked by one node per interval); 0: no periodic check
+    check_interval: float = field(default=3600.0, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True)

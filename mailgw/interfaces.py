@@ -196,6 +196,21 @@ class IAdmin(Interface):
         """Delete the domain's retiring keys.
         @return: Deferred firing with the deleted L{mailgw.model.DKIMKey}s."""
 
+    def claim_dns_checks(now, interval, limit):
+        """Claim up to C{limit} domains whose periodic DNS check is due
+        (never claimed, or last claimed C{interval} seconds before C{now}
+        or earlier), for this node alone.
+        @return: Deferred firing with the claimed L{mailgw.model.Domain}s."""
+
+    def record_dns_check(domain_id, checked_at, status, records):
+        """Keep a DNS check's result: C{status} (C{"OK"}, C{"Missing"},
+        C{"Invalid"} or C{"Error"}) and C{records}, each record's result as
+        JSON text. @return: Deferred firing with C{None}."""
+
+    def dns_check_result(domain):
+        """@return: Deferred firing with C{(Domain, records JSON text or
+        None)}: the last check kept by L{record_dns_check}."""
+
     def domain_verification_token(domain):
         """@return: Deferred firing with the token of the domain's ownership
         TXT record (C{mailgw-verification <token>}); one is set if it has none."""

@@ -64,6 +64,13 @@ class Metrics:
             "mailgw_tls_certificate_expiry_seconds",
             "When the served TLS certificate expires (its notAfter), in seconds since "
             "the epoch", registry=r)
+        self.domain_dns_status = Gauge(
+            "mailgw_domain_dns_status",
+            "1 for the status of each domain's last periodic DNS check (OK, Missing, "
+            "Invalid, Error), 0 for the others", ["domain", "owner", "status"], registry=r)
+        self.domain_dns_checks = Counter(
+            "mailgw_domain_dns_checks", "Periodic DNS checks of domains by result",
+            ["status"], registry=r)
 
     def command(self, verb: str) -> None:
         """Count one SMTP command; a verb outside L{KNOWN_VERBS} as C{other}."""
@@ -163,6 +170,9 @@ class TimedStore:
     rotate_dkim = _timed("rotate_dkim")
     finish_dkim_rotation = _timed("finish_dkim_rotation")
     domain_verification_token = _timed("domain_verification_token")
+    claim_dns_checks = _timed("claim_dns_checks")
+    record_dns_check = _timed("record_dns_check")
+    dns_check_result = _timed("dns_check_result")
     record_lockout = _timed("record_lockout")
     list_lockouts = _timed("list_lockouts")
     clear_lockouts = _timed("clear_lockouts")

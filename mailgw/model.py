@@ -88,6 +88,10 @@ class Domain:
     use_for_any: bool = False
     #: "org/server" or "org", for display
     owner: str = ""
+    #: the last periodic DNS check: its time (epoch seconds) and its result,
+    #: "OK", "Missing", "Invalid" or "Error"; C{None} before the first
+    dns_checked_at: float | None = None
+    dns_status: str | None = None
 
 
 @dataclass(frozen=True)

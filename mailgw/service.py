@@ -13,6 +13,7 @@ within the grace period, 421 to idle sessions, then close the store."""
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import signal
 import sys
@@ -27,6 +28,8 @@ from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle, SharedLockouts
 from mailgw.config import Config
+from mailgw.domains.lookup import monitor_lookup
+from mailgw.domains.monitor import DNSMonitor
 from mailgw.listeners import ListenerService, parse_endpoint
 from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import SubmissionDelivery
@@ -158,6 +161,13 @@ class GatewayService(service.MultiService):
         self.after_store = AfterStore(self.ready)
         self.after_store.setServiceParent(self)
         self.lockouts.setServiceParent(self.after_store)  # polls the operator's clears
+        #: checks every domain's DNS records now and then (docs/dkim.md)
+        self.dns_monitor = None
+        if config.dns.check_interval > 0:
+            self.dns_monitor = DNSMonitor(
+                self.store, functools.partial(monitor_lookup, config, reactor), config.dns,
+                reactor, self.metrics)
+            self.dns_monitor.setServiceParent(self.after_store)
         self.relay = None
         if config.relay.enabled:
             self.relay = RelayService(self.store, config.relay, reactor,

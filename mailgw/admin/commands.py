@@ -14,6 +14,7 @@ rather than an open store, and opens (and closes) the store itself.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from mailgw.admin.output import (
     printable, relay_json, relay_text, server_json, table,
 )
 from mailgw.auth.throttle import throttle_key
-from mailgw.domains import checks
+from mailgw.domains import checks, monitor
 from mailgw.domains.checks import spf_value
 from mailgw.interfaces import NotFound
 
@@ -209,34 +210,13 @@ async def _domain_id(store, ref: int | str) -> int:
 
 async def domain_check(store, args) -> Output:
     """Each record C{domain dns} asks for, looked up: OK, Missing or Invalid
-    with the value expected, as on Postal's DNS page."""
-    token = await store.domain_verification_token(args.domain)
-    keys = [k for k in await store.dkim_keys(args.domain) if not k.retiring]
-    name = await _domain_name(store, args.domain)
-    dns, lookup = args.dns, args.lookup
-    txt = await lookup.txt(name)
-    rows = [_check_row("verification", name, "TXT", checks.verification_status(txt, token)),
-            _check_row("spf", name, "TXT", checks.spf_status(txt, dns.spf_include))]
-    for key in keys:
-        record = dkim_key_json(key)
-        found = await lookup.txt(key.dns_name)
-        rows.append(dict(_check_row("dkim", key.dns_name, "TXT",
-                                    checks.dkim_status(found, record["value"])),
-                         selector=key.selector))
-    if not keys:
-        rows.append(_check_row("dkim", f"<selector>._domainkey.{name}", "TXT", checks.Check(
-            checks.MISSING, f"a DKIM key: run `mailgw domain rotate-dkim {name}`")))
-    if dns.return_path_domain:
-        rp = f"psrp.{name}"
-        rows.append(_check_row("return_path", rp, "CNAME", checks.return_path_status(
-            await lookup.cname(rp), dns.return_path_domain)))
-    rows.append(_check_row("mx", name, "MX", checks.mx_status(await lookup.mx(name))))
+    with the value expected, as on Postal's DNS page. The result is kept as
+    the periodic check keeps its own (C{domain list} shows it)."""
+    name, rows = await monitor.check_domain(store, args.lookup, args.dns, args.domain)
+    found, _ = await store.dns_check_result(args.domain)
+    await store.record_dns_check(found.id, time.time(), monitor.overall(rows),
+                                 json.dumps(rows))
     return _many(rows, CHECK_COLUMNS, "no records")
-
-
-def _check_row(purpose: str, name: str, rtype: str, check) -> dict:
-    return {"purpose": purpose, "name": name, "type": rtype, "status": check.status,
-            "expected": check.expected, "found": list(check.found)}
 
 
 async def domain_dns(store, args) -> Output:

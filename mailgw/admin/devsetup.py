@@ -41,6 +41,12 @@ url = "sqlite:mailgw.sqlite3"
 # deliver it.
 enabled = false
 
+[dns]
+# The demo domain, example.com, is not yours: its records would never check
+# OK. With a domain of your own, remove this line (checks then run hourly;
+# `mailgw domain check NAME` runs one now).
+check_interval = 0
+
 [metrics]
 # /health and /metrics
 endpoint = "tcp:9091:interface=127.0.0.1"

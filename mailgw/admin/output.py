@@ -56,6 +56,7 @@ def domain_json(domain: Domain) -> dict:
         "server": domain.owner if domain.server_id is not None else None,
         "organization": domain.owner if domain.organization_id is not None else None,
         "verified": domain.verified, "use_for_any": domain.use_for_any,
+        "dns_status": domain.dns_status, "dns_checked_at": iso8601(domain.dns_checked_at),
     }
 
 
@@ -242,7 +243,8 @@ SERVER_COLUMNS = [
     ("ORG SUSPENDED", "organization_suspended"),
 ]
 DOMAIN_COLUMNS = [("ID", "id"), ("NAME", "name"), ("OWNER", "owner"),
-                  ("VERIFIED", "verified"), ("USE FOR ANY", "use_for_any")]
+                  ("VERIFIED", "verified"), ("USE FOR ANY", "use_for_any"),
+                  ("DNS", "dns_status"), ("DNS CHECKED", "dns_checked_at")]
 CREDENTIAL_COLUMNS = [("ID", "id"), ("TYPE", "type"), ("NAME", "name"),
                       ("HOLD", "hold"), ("KEY", "key"), ("LAST USED", "last_used_at")]
 ENTRY_COLUMNS = [

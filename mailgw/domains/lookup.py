@@ -10,7 +10,7 @@ says nothing about what is published.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.names import dns
+from twisted.names import client, dns
 
 from mailgw.relay.mx import dns_text, make_resolver, no_such_name
 
@@ -75,3 +75,32 @@ def domain_lookup(config, reactor) -> DomainLookup:
     """The look-ups for C{config}: at C{[dns] resolver}, else the relay's
     resolver, else the servers of /etc/resolv.conf."""
     return DomainLookup(make_resolver(config.dns.resolver or config.relay.resolver, reactor))
+
+
+def resolv_conf_servers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+    """The C{nameserver} lines of C{path} as C{(address, 53)}, or the local
+    server when there are none (as the resolver library does)."""
+    servers = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append((parts[1], 53))
+    except OSError:
+        pass
+    return servers or [("127.0.0.1", 53)]
+
+
+def monitor_lookup(config, reactor) -> DomainLookup:
+    """The look-ups of the gateway's periodic checks: the same servers as
+    L{domain_lookup}, but through a resolver that reads resolv.conf once
+    rather than re-reading it every minute for the life of the process (a
+    timer that would outlive the service)."""
+    server = config.dns.resolver or config.relay.resolver
+    if server:
+        host, _, port = server.rpartition(":")
+        servers = [(host.strip("[]"), int(port))]
+    else:
+        servers = resolv_conf_servers()
+    return DomainLookup(client.Resolver(servers=servers, reactor=reactor))

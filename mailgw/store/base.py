@@ -112,7 +112,8 @@ def _organization(row) -> Organization:
 
 def _domain(row) -> Domain:
     return Domain(id=row[0], name=row[1], server_id=row[2], organization_id=row[3],
-                  verified=bool(row[4]), use_for_any=bool(row[5]), owner=row[6])
+                  verified=bool(row[4]), use_for_any=bool(row[5]), owner=row[6],
+                  dns_checked_at=row[7], dns_status=row[8])
 
 
 def _entry(row) -> QueueEntry:
@@ -376,7 +377,7 @@ def _list_servers(organization):
 _DOMAIN_SELECT = (
     "SELECT d.id, d.name, d.server_id, d.organization_id, d.verified, d.use_for_any, "
     "CASE WHEN d.server_id IS NULL THEN o.permalink "
-    "ELSE so.permalink || '/' || s.permalink END "
+    "ELSE so.permalink || '/' || s.permalink END, d.dns_checked_at, d.dns_status "
     "FROM domains d LEFT JOIN organizations o ON o.id = d.organization_id "
     "LEFT JOIN servers s ON s.id = d.server_id "
     "LEFT JOIN organizations so ON so.id = s.organization_id")
@@ -564,6 +565,36 @@ def _finish_dkim_rotation(domain):
                    (found.id, True))
     yield Q("DELETE FROM dkim_keys WHERE domain_id = ? AND retiring = ?", (found.id, True))
     return [_dkim_key(r) for r in rows]
+
+
+def _claim_dns_checks(now, interval, limit):
+    """Up to C{limit} domains whose check is due (never claimed, or claimed
+    C{interval} seconds ago or more), claimed now: the condition is in the
+    UPDATE itself, so two nodes never both claim one (PostgreSQL re-checks
+    it on the row a concurrent claim changed)."""
+    due = now - interval
+    rows = yield Q(
+        "UPDATE domains SET dns_claimed_at = ? WHERE (dns_claimed_at IS NULL OR "
+        "dns_claimed_at <= ?) AND id IN (SELECT id FROM domains WHERE dns_claimed_at IS NULL "
+        "OR dns_claimed_at <= ? ORDER BY dns_claimed_at IS NOT NULL, dns_claimed_at, id "
+        "LIMIT ?) RETURNING id", (now, due, due, limit))
+    if not rows:
+        return []
+    ids = [r[0] for r in rows]
+    found = yield Q(_DOMAIN_SELECT + f" WHERE d.id IN {_ids_clause(ids)} ORDER BY d.id",
+                    tuple(ids))
+    return [_domain(r) for r in found]
+
+
+def _record_dns_check(domain_id, checked_at, status, records):
+    yield Q("UPDATE domains SET dns_checked_at = ?, dns_status = ?, dns_records = ? "
+            "WHERE id = ?", (checked_at, status, records, domain_id))
+
+
+def _dns_check_result(domain):
+    found = yield from _require_domain(domain)
+    rows = yield Q("SELECT dns_records FROM domains WHERE id = ?", (found.id,))
+    return found, rows[0][0]
 
 
 def _domain_verification_token(domain, token):
@@ -1051,6 +1082,15 @@ class Store:
 
     def finish_dkim_rotation(self, domain):
         return self._run(_finish_dkim_rotation, domain)
+
+    def claim_dns_checks(self, now, interval, limit):
+        return self._run(_claim_dns_checks, now, interval, limit)
+
+    def record_dns_check(self, domain_id, checked_at, status, records):
+        return self._run(_record_dns_check, domain_id, checked_at, status, records)
+
+    def dns_check_result(self, domain):
+        return self._read(_dns_check_result, domain)
 
     def domain_verification_token(self, domain):
         return self._run(_domain_verification_token, domain, new_verification_token())

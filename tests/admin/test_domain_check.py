@@ -110,6 +110,10 @@ class CheckTests(DomainCheckTestCase):
         self.assertEqual(text.splitlines()[0].split(),
                          ["RECORD", "NAME", "TYPE", "STATUS", "EXPECTED"])
         self.assertEqual(len(text.splitlines()), 6)
+        # the result is kept, as the periodic check keeps its own
+        [listed] = await self.json("domain", "list")
+        self.assertEqual(listed["dns_status"], "OK")
+        self.assertRegex(listed["dns_checked_at"], r"^\d{4}-\d\d-\d\dT")
 
     async def test_missing_and_invalid(self):
         store, _, token = await self.domain()

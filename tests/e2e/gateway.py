@@ -53,6 +53,9 @@ def write_config(folder: str, *, database_url: str, listeners: list[dict],
     if "[relay]" not in tables:
         # These tests look at the queue; nothing may be delivered from it.
         lines += ["[relay]", "enabled = false"]
+    if "[dns]" not in tables:
+        # No periodic look-ups of the test domains in the outside DNS.
+        lines += ["[dns]", "check_interval = 0"]
     lines.append(tables)
     path = os.path.join(folder, "mailgw.toml")
     with open(path, "w") as f:

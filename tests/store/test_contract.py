@@ -464,7 +464,8 @@ class StoreContract:
         yield old._run(_apply_schema_up_to, old.engine, 3)
         org = yield old.add_organization("acme", "Acme")
         before = yield old._run(_insert_domain_without_token, "acme.example", org.id)
-        self.assertEqual((yield old.upgrade()), [4])
+        latest = schema_files(old.engine)[-1][0]
+        self.assertEqual((yield old.upgrade()), list(range(4, latest + 1)))
         token = yield old._run(_token_of, before)
         self.assertRegex(token, r"^[0-9a-f]{24}$")
         self.assertEqual((yield old.domain_verification_token(before)), token)
