@@ -15,6 +15,7 @@ by the real gateway.
   nolog       the per-connection and per-message info lines are not written
   nosync      PRAGMA synchronous=NORMAL: what the fsync costs (NOT durable)
   notouch     a credential's last_used_at is written at most once a minute
+  nodkim      the relay sends every message unsigned (scenario (e)'s "DKIM off")
   reuseport   listening sockets get SO_REUSEPORT (used by "workersN": N
               gateway processes on one port, the kernel spreading connections)
 
@@ -38,6 +39,18 @@ def lever(name):
 def _no_log():
     from mailgw.smtp import protocol
     protocol.SubmissionProtocol._log = lambda self, fmt, **kw: None
+
+
+@lever("nodkim")
+def _no_dkim():
+    from twisted.internet import defer
+
+    from mailgw.relay import signing
+
+    def unsigned(self, entry):
+        return defer.succeed((signing.StoreBody(self.store, entry.message_id, entry.size),
+                              entry.size))
+    signing.Signer.body_for = unsigned
 
 
 @lever("nosync")

@@ -186,6 +186,8 @@ class Result:
     wall: float = 0.0
     latencies: list = field(default_factory=list)
     error_samples: list = field(default_factory=list)
+    #: with numbered messages: Subject -> when its 250 arrived (perf_counter)
+    accepted: dict = field(default_factory=dict)
 
     def failed(self, error: BaseException) -> None:
         self.errors += 1
@@ -222,12 +224,29 @@ class Budget:
 
 # -- scenarios -------------------------------------------------------------------------
 
+def numbered(message: bytes):
+    """For L{run_messages}: C{message} (from L{make_message}) with a Subject
+    and a Message-ID of its own for each send, so that a receiver can tell
+    which one arrived."""
+    body = message.split(b"\r\n\r\n", 1)[1]
+
+    def make(index: int) -> tuple[bytes, bytes]:
+        header = _header(index)
+        return header + body, header.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0]
+    return make
+
+
 async def run_messages(target: Target, *, clients: int, per_connection: int,
-                       message: bytes, max_messages: int, max_seconds: float) -> Result:
+                       message, max_messages: int, max_seconds: float) -> Result:
     """C{clients} concurrent clients, each sending C{per_connection} messages
-    per connection and then reconnecting, until the budget is spent."""
+    per connection and then reconnecting, until the budget is spent.
+
+    @param message: the bytes every send sends; or L{numbered}'s function,
+        and then the result's C{accepted} notes when each was accepted.
+    """
     result = Result()
     budget = Budget(max_messages, max_seconds)
+    counter = iter(range(1 << 62))
 
     async def worker():
         while budget.open() and result.errors < 1000:
@@ -237,7 +256,12 @@ async def run_messages(target: Target, *, clients: int, per_connection: int,
                 result.connections += 1
                 sent = 0
                 while sent < per_connection and budget.take():
-                    result.latencies.append(await client.send(message))
+                    if callable(message):
+                        data, subject = message(next(counter))
+                        result.latencies.append(await client.send(data))
+                        result.accepted[subject] = time.perf_counter()
+                    else:
+                        result.latencies.append(await client.send(message))
                     result.messages += 1
                     sent += 1
                 await client.quit()

@@ -14,6 +14,8 @@ the second in the reverse order):
   (c) one 50 MB message: the server's RSS growth
   (d) 5,000 idle connections (past EHLO): RSS per connection
   (d') 2,000 idle connections past STARTTLS (information; the target is (d)'s)
+  (e) the relay: 3,000 messages submitted as in (a) and relayed to a loopback
+      sink, with DKIM signing and without (bench/relay.py); mailgw only
 
 --variants also runs mailgw patched with bench/levers.py (what-if experiments).
 
@@ -44,7 +46,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from bench import load, servers
+from bench import load, relay, servers
 
 MB = 1024 * 1024
 
@@ -61,6 +63,7 @@ class Scale:
     c_size: int = 50 * MB
     d_count: int = 5000
     d_tls_count: int = 2000
+    e_messages: int = 3000
     warmup: int = 10
     #: seconds idle connections are left before the RSS is read
     settle: float = 1.5
@@ -72,10 +75,10 @@ class Scale:
 SCALES = {
     "full": Scale(),
     "quick": Scale(a_messages=3000, a_seconds=6, b_messages=1500, b_seconds=6,
-                   d_count=1000, d_tls_count=500),
+                   d_count=1000, d_tls_count=500, e_messages=1000),
     "smoke": Scale(clients=2, per_connection=2, a_messages=4, a_seconds=10, b_messages=2,
-                   b_seconds=10, c_size=1 * MB, d_count=10, d_tls_count=4, warmup=2,
-                   settle=0.2, rounds=1),
+                   b_seconds=10, c_size=1 * MB, d_count=10, d_tls_count=4, e_messages=4,
+                   warmup=2, settle=0.2, rounds=1),
 }
 
 SCENARIOS = {
@@ -84,6 +87,7 @@ SCENARIOS = {
     "c": "(c) 1 x {c_mb} MB",
     "d": "(d) {d_count} idle",
     "d'": "(d') {d_tls_count} idle TLS",
+    "e": "(e) relay, {e_messages} messages",
 }
 
 
@@ -424,8 +428,8 @@ def parse_args(argv):
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller budgets")
     size.add_argument("--smoke", action="store_true", help="a handful of messages")
-    parser.add_argument("--scenarios", default="a,b,c,d,d'",
-                        help="comma-separated of a,b,c,d,d' (default: all)")
+    parser.add_argument("--scenarios", default="a,b,c,d,d',e",
+                        help="comma-separated of a,b,c,d,d',e (default: all)")
     parser.add_argument("--servers", default="mailgw,aiosmtpd")
     parser.add_argument("--variants", default="", metavar="LEVERS,...",
                         help="also measure mailgw patched with these lever sets "
@@ -455,7 +459,7 @@ def main(argv=None) -> int:
     folder = tempfile.mkdtemp(prefix="mailgw-bench-")
     print(f"bench: {machine()}", flush=True)
     print(f"bench: RLIMIT_NOFILE {nofile}; work folder {folder}", flush=True)
-    rows = []
+    rows, relay_rows = [], []
     try:
         cert, key_path = servers.write_certificate(folder)
         config = servers.write_mailgw_config(folder, cert, key_path)
@@ -471,11 +475,23 @@ def main(argv=None) -> int:
                          f"mailgw+{levers}")
         labels = dict(clients=scale.clients, per_connection=scale.per_connection,
                       size_kb=scale.size // 1024, c_mb=scale.c_size // MB,
-                      d_count=scale.d_count, d_tls_count=scale.d_tls_count)
+                      d_count=scale.d_count, d_tls_count=scale.d_tls_count,
+                      e_messages=scale.e_messages)
         def target_of(process):
             return load.Target(process.name, "127.0.0.1", process.port, password, context)
 
         for key in keys:
+            if key == "e":
+                for dkim in (True, False):
+                    row = relay.run(folder, cert, key_path, context,
+                                    messages=scale.e_messages, clients=scale.clients,
+                                    per_connection=scale.per_connection, size=scale.size,
+                                    dkim=dkim)
+                    print(f"bench: (e) relay, DKIM {'on' if dkim else 'off'}: "
+                          f"{row['delivered']}/{row['messages']} delivered, "
+                          f"{row['errors']} errors in {row['wall']:.1f} s", flush=True)
+                    relay_rows.append(row)
+                continue
             label = SCENARIOS[key].format(**labels)
             rounds = scale.rounds if key in ("a", "b") else 1
             share = dataclasses.replace(
@@ -501,6 +517,9 @@ def main(argv=None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     print()
     print(render(rows))
+    if relay_rows:
+        print()
+        print(relay.render(relay_rows))
     print()
     results = targets(rows)
     for text, passed in results:
@@ -511,8 +530,10 @@ def main(argv=None) -> int:
                 dict({k: v for k, v in asdict(r).items() if k != "latencies"},
                      cpu_per_1000=r.cpu_per_1000, rss_growth_mb=r.rss_growth_mb,
                      rss_per_connection_kb=r.rss_per_connection_kb) for r in rows],
+                "relay": relay_rows,
                 "targets": [{"text": t, "passed": p} for t, p in results]}, f, indent=2)
-    if any(r.errors for r in rows) and args.smoke:
+    if args.smoke and (any(r.errors for r in rows) or any(
+            r["errors"] or r["delivered"] != r["messages"] for r in relay_rows)):
         return 1
     if args.strict and not all(p for _, p in results):
         return 1

@@ -36,7 +36,13 @@ class BenchSmokeTest(unittest.TestCase):
         output = (result.stdout + result.stderr).decode("utf-8", "replace")
         self.assertEqual(result.returncode, 0, output)
         with open(report) as f:
-            rows = json.load(f)["rows"]
+            report = json.load(f)
+        rows = report["rows"]
+        # (e): every message relayed to the sink, signed only with DKIM on
+        self.assertEqual([(r["dkim"], r["messages"], r["delivered"], r["signed"], r["errors"])
+                          for r in report["relay"]],
+                         [(True, 4, 4, 4, 0), (False, 4, 4, 0, 0)], output)
+        self.assertIn("| mailgw, DKIM on |", output)
         seen = {(row["scenario"][:4].strip(), row["server"]): row for row in rows}
         for server in ("mailgw", "aiosmtpd"):
             for scenario, messages in (("(a)", 4), ("(b)", 2), ("(c)", 1)):
