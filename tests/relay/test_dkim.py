@@ -78,7 +78,7 @@ class DKIMContract(StoreFixture):
     def deliver(self, body=BODY, sender_domain=DOMAIN):
         yield self.enqueue(body, sender_domain)
         yield self.relay().run_once()
-        [message] = self.sink.messages
+        message = self.sink.messages[-1]
         self.assertTrue(message.accepted)
         return message
 
@@ -145,6 +145,20 @@ class DKIMContract(StoreFixture):
         self.assertNotEqual(new.selector, old.selector)
         self.assertTrue(dkim.verify(message.message, dnsfunc=dnsfunc))
         self.assertEqual(asked, [f"{new.selector}._domainkey.{DOMAIN}"])
+
+    @defer.inlineCallbacks
+    def test_rotation_overlap_then_finish(self):
+        before = yield self.deliver()
+        yield self.store.rotate_dkim(DOMAIN)
+        yield self.deliver()
+        after = self.sink.messages[-1]
+        dnsfunc, _, _ = yield self.records()  # the old key still published, retiring
+        self.assertTrue(dkim.verify(before.message, dnsfunc=dnsfunc))
+        self.assertTrue(dkim.verify(after.message, dnsfunc=dnsfunc))
+        yield self.store.finish_dkim_rotation(DOMAIN)
+        dnsfunc, _, _ = yield self.records()  # only the new one
+        self.assertFalse(dkim.verify(before.message, dnsfunc=dnsfunc))
+        self.assertTrue(dkim.verify(after.message, dnsfunc=dnsfunc))
 
     @defer.inlineCallbacks
     def test_signing_runs_off_the_reactor_thread(self):
