@@ -77,9 +77,12 @@ def signing_secret(private_key_pem: str, algorithm: str) -> bytes:
 
     @raise ValueError: the PEM does not hold a key of C{algorithm}.
     """
-    key = _load(private_key_pem)
-    if algorithm == "rsa" and isinstance(key, rsa.RSAPrivateKey):
+    if algorithm == "rsa":
+        # dkimpy parses it (and refuses what is not an RSA key); loading it
+        # here too would cost more than the signature (cryptography checks
+        # an RSA key's consistency on every load)
         return private_key_pem.encode("ascii")
+    key = _load(private_key_pem)
     if algorithm == "ed25519" and isinstance(key, ed25519.Ed25519PrivateKey):
         raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                 serialization.NoEncryption())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailgw.address import normalise_domain
@@ -26,6 +27,8 @@ from mailgw.model import (
     SERVER_MODES, Claim, Credential, DeliveryAttempt, DKIMKey, Domain, Organization,
     QueueEntry, Server, generate_key,
 )
+
+log = Logger()
 
 #: characters of a domain's verification token
 VERIFICATION_TOKEN_LENGTH = 24
@@ -597,6 +600,22 @@ def _dns_check_result(domain):
     return found, rows[0][0]
 
 
+def _keyless_domains():
+    rows = yield Q("SELECT d.id, d.name FROM domains d WHERE NOT EXISTS "
+                   "(SELECT 1 FROM dkim_keys k WHERE k.domain_id = d.id) ORDER BY d.id")
+    return [(r[0], r[1]) for r in rows]
+
+
+def _first_dkim_key(domain_id, key, now):
+    """C{key} as the domain's first key, unless it has one by now."""
+    selector, algorithm, private_key = key
+    rows = yield Q("INSERT INTO dkim_keys (domain_id, selector, algorithm, private_key, "
+                   "retiring, created_at) SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                   "(SELECT 1 FROM dkim_keys WHERE domain_id = ?) RETURNING id",
+                   (domain_id, selector, algorithm, private_key, False, now, domain_id))
+    return bool(rows)
+
+
 def _domain_verification_token(domain, token):
     """The domain's token; C{token} becomes it when it has none (a domain
     added by a node that ran before schema 4 while this one ran after it)."""
@@ -1082,6 +1101,22 @@ class Store:
 
     def finish_dkim_rotation(self, domain):
         return self._run(_finish_dkim_rotation, domain)
+
+    @defer.inlineCallbacks
+    def _after_upgrade(self, applied):
+        """What SQL alone cannot upgrade: a domain added before schema 4
+        gets its first DKIM key (RSA; a key is generated in a thread), so
+        that its mail can be signed rather than held (docs/dkim.md).
+
+        @return: Deferred firing with C{applied}.
+        """
+        for domain_id, name in (yield self._read(_keyless_domains)):
+            key = yield _new_dkim("rsa")
+            if (yield self._run(_first_dkim_key, domain_id, key, self._now())):
+                log.warn("store: domain {name} had no DKIM key: made one under selector "
+                         "{selector}; publish it (mailgw domain dns {name})", name=name,
+                         selector=key[0])
+        return applied
 
     def claim_dns_checks(self, now, interval, limit):
         return self._run(_claim_dns_checks, now, interval, limit)

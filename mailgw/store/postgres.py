@@ -409,8 +409,9 @@ class PostgresStore(Store):
         return self._interact("BEGIN READ ONLY", fn, args)
 
     def upgrade(self):
-        return self._interact("BEGIN", _upgrade, (), timeout=max(self._timeout,
-                                                                UPGRADE_TIMEOUT))
+        d = self._interact("BEGIN", _upgrade, (), timeout=max(self._timeout, UPGRADE_TIMEOUT))
+        d.addCallback(self._after_upgrade)
+        return d
 
 
 def _upgrade():

@@ -211,7 +211,7 @@ class SQLiteStore(Store):
         return self._interact(self._reader, "BEGIN", fn, args)
 
     def upgrade(self):
-        return self._run(_upgrade)
+        return self._run(_upgrade).addCallback(self._after_upgrade)
 
 
 def _milliseconds(seconds: float) -> int:

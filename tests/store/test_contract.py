@@ -466,10 +466,14 @@ class StoreContract:
         before = yield old._run(_insert_domain_without_token, "acme.example", org.id)
         latest = schema_files(old.engine)[-1][0]
         self.assertEqual((yield old.upgrade()), list(range(4, latest + 1)))
+        # and, which SQL alone cannot give it, a first DKIM key to sign with
+        [key] = yield old.dkim_keys(before)
+        self.assertEqual((key.algorithm, key.retiring), ("rsa", False))
+        self.assertEqual((yield old.upgrade()), [])  # nothing more, the key kept
+        self.assertEqual((yield old.dkim_keys(before)), [key])
         token = yield old._run(_token_of, before)
         self.assertRegex(token, r"^[0-9a-f]{24}$")
         self.assertEqual((yield old.domain_verification_token(before)), token)
-        self.assertEqual((yield old.dkim_keys(before)), [])
         # a domain added after the upgrade by a node still on schema 3's code
         after = yield old._run(_insert_domain_without_token, "late.example", org.id)
         token = yield old.domain_verification_token("late.example")
