@@ -1,5 +1,6 @@
-"""``make bench``: the same load against mailgw and an aiosmtpd baseline, one
-table, and the targets with PASS/FAIL.
+"""``make bench``: the same load against mailgw and two peers that discard
+what they receive, aiosmtpd and Haraka (bench/haraka.py; when npm can install
+it), one table, and the targets with PASS/FAIL.
 
     python -m bench.run            # the full run (a few minutes)
     python -m bench.run --quick    # smaller budgets, for development
@@ -46,7 +47,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from bench import load, relay, servers
+from bench import haraka, load, relay, servers
 
 MB = 1024 * 1024
 
@@ -347,27 +348,38 @@ def render(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+#: the peers mailgw is measured against: servers that discard what they receive
+PEERS = ("aiosmtpd", "haraka")
+
+
 def targets(rows: list[Row]) -> list[tuple[str, bool]]:
-    """(text, passed) for each target that this run measured."""
+    """(text, passed) for each target that this run measured: against the
+    best peer of the same run (the one with the highest msg/s)."""
     by = {(r.scenario[:4].strip(), r.server): r for r in rows}
     found = []
 
     def pair(key):
-        return by.get((key, "mailgw")), by.get((key, "aiosmtpd"))
+        peers = [by[key, p] for p in PEERS if (key, p) in by and by[key, p].rate]
+        return by.get((key, "mailgw")), max(peers, key=lambda r: r.rate, default=None)
 
-    mine, base = pair("(a)")
-    if mine and base and base.rate:
-        ratio = mine.rate / base.rate
-        found.append((f"(a) mailgw/aiosmtpd msg/s = {mine.rate:.0f}/{base.rate:.0f} = "
-                      f"{ratio:.2f}x (target >= 1.5x)", ratio >= 1.5 and not mine.errors))
+    mine, best = pair("(a)")
+    if mine and best:
+        ratio = mine.rate / best.rate
+        found.append((f"(a) mailgw/{best.server} (best peer) msg/s = {mine.rate:.0f}/"
+                      f"{best.rate:.0f} = {ratio:.2f}x (target >= 1.3x)",
+                      ratio >= 1.3 and not mine.errors))
     if mine:
         found.append((f"(a) mailgw p99 final-dot latency = {_f(mine.p99)} ms "
                       "(target <= 100 ms)", mine.p99 is not None and mine.p99 <= 100))
-    mine, base = pair("(b)")
-    if mine and base and base.rate:
-        ratio = mine.rate / base.rate
-        found.append((f"(b) mailgw/aiosmtpd msg/s = {mine.rate:.0f}/{base.rate:.0f} = "
-                      f"{ratio:.2f}x (target >= 1.0x)", ratio >= 1.0 and not mine.errors))
+        if mine.cpu_per_1000 is not None:
+            found.append((f"(a) mailgw CPU per stored message = {mine.cpu_per_1000:.2f} ms "
+                          "(target <= 1.0 ms)", mine.cpu_per_1000 <= 1.0))
+    mine, best = pair("(b)")
+    if mine and best:
+        ratio = mine.rate / best.rate
+        found.append((f"(b) mailgw/{best.server} (best peer) msg/s = {mine.rate:.0f}/"
+                      f"{best.rate:.0f} = {ratio:.2f}x (target >= 1.1x)",
+                      ratio >= 1.1 and not mine.errors))
     mine, _ = pair("(c)")
     if mine:
         found.append((f"(c) mailgw RSS growth for the large message = "
@@ -430,7 +442,9 @@ def parse_args(argv):
     size.add_argument("--smoke", action="store_true", help="a handful of messages")
     parser.add_argument("--scenarios", default="a,b,c,d,d',e",
                         help="comma-separated of a,b,c,d,d',e (default: all)")
-    parser.add_argument("--servers", default="mailgw,aiosmtpd")
+    parser.add_argument("--servers", default="mailgw,aiosmtpd,haraka",
+                        help="comma-separated of mailgw,aiosmtpd,haraka (haraka is left "
+                             "out, with a note, when npm cannot install it)")
     parser.add_argument("--variants", default="", metavar="LEVERS,...",
                         help="also measure mailgw patched with these lever sets "
                              "(bench/levers.py), e.g. nolog,nosync+notouch")
@@ -468,6 +482,14 @@ def main(argv=None) -> int:
         processes = {"mailgw": lambda: servers.mailgw_process(folder, config),
                      "aiosmtpd": lambda: servers.baseline_process(folder, cert, key_path,
                                                                   password)}
+        if "haraka" in names and set(keys) - {"e"}:
+            path, why = haraka.executable()
+            if path is None:
+                print(f"bench: going on without Haraka: {why}", flush=True)
+                names.remove("haraka")
+            else:
+                processes["haraka"] = (
+                    lambda: haraka.haraka_process(folder, cert, key_path, password)[0])
         for levers in filter(None, (v.strip() for v in args.variants.split(","))):
             processes[f"mailgw+{levers}"] = (
                 lambda levers=levers: servers.mailgw_process(folder, config, levers))

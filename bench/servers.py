@@ -112,15 +112,20 @@ class ServerProcess:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self._log_since(offset)
-            m = LISTENING.search(text)
-            if m and (self.ready is None or self.ready in text):
-                self.port = int(m.group(3))
+            port = self.listening(text)
+            if port is not None and (self.ready is None or self.ready in text):
+                self.port = port
                 return self
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.name} did not start:\n{self._log_since(offset)[-4000:]}")
+
+    def listening(self, text: str) -> int | None:
+        """The port the log C{text} says the server listens on, if it does."""
+        m = LISTENING.search(text)
+        return int(m.group(3)) if m else None
 
     def _log_since(self, offset: int) -> str:
         with open(self.log_path, "rb") as f:
