@@ -168,3 +168,17 @@ def mailgw_cli(config_path: str, *args: str, raw=False):
     if result.returncode != 0:
         raise AssertionError(f"mailgw {' '.join(args)} failed: {result.stderr.decode()}")
     return result.stdout if raw else json.loads(result.stdout)
+
+
+def send_raw(api_port: int, key: str, message: bytes, mail_from="app@good.example",
+             rcpt_to=("user@dest.example",)) -> dict:
+    """POST C{message} to the gateway's /api/v1/send/raw; the JSON answer."""
+    import base64
+    import urllib.request
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api_port}/api/v1/send/raw", method="POST",
+        headers={"X-Server-API-Key": key, "Content-Type": "application/json"},
+        data=json.dumps({"mail_from": mail_from, "rcpt_to": list(rcpt_to),
+                         "data": base64.b64encode(message).decode()}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())

@@ -13,20 +13,17 @@ One gateway serves every message: the test sends them all, then verifies.
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import smtplib
 import subprocess
-import urllib.request
 
 import dkim
 import dns.resolver
 from twisted.internet import defer, reactor, threads
 from twisted.names import dns as tdns
 
-from tests.e2e.gateway import mailgw_cli
+from tests.e2e.gateway import mailgw_cli, send_raw
 from tests.e2e.test_relay import SETTLE_TIMEOUT
 from tests.e2e.test_submission import GatewayTestBase
 from tests.relay.sink import Sink
@@ -106,13 +103,7 @@ class DKIMEndToEndTests(GatewayTestBase):
             client.close()
 
     def send_api(self, key: str, message: bytes):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.gateway.api_port}/api/v1/send/raw", method="POST",
-            headers={"X-Server-API-Key": key, "Content-Type": "application/json"},
-            data=json.dumps({"mail_from": "app@good.example", "rcpt_to": ["user@dest.example"],
-                             "data": base64.b64encode(message).decode()}).encode())
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
+        answer = send_raw(self.gateway.api_port, key, message)
         self.assertEqual(answer["status"], "success", answer)
 
     def zone_of(self, records) -> Zone:

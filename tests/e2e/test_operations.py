@@ -130,17 +130,10 @@ class HTTPAPIEndToEndTests(GatewayTestBase):
     config_tables = '[http_api]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
 
     def test_send_raw_through_the_gateway(self):
-        import json
-        from tests.e2e.gateway import mailgw_cli
+        from tests.e2e.gateway import mailgw_cli, send_raw
         key = mailgw_cli(self.config, "credential", "add", "acme/web", "--type", "api",
                          "--json")["key"]
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.gateway.api_port}/api/v1/send/raw", method="POST",
-            headers={"X-Server-API-Key": key, "Content-Type": "application/json"},
-            data=json.dumps({"mail_from": "app@good.example", "rcpt_to": ["user@dest.example"],
-                             "data": base64.b64encode(MESSAGE).decode()}).encode())
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
+        answer = send_raw(self.gateway.api_port, key, MESSAGE)
         self.assertEqual(answer["status"], "success", answer)
         [entry] = self.queue()
         self.assertEqual(entry["id"], answer["data"]["messages"]["user@dest.example"]["id"])
