@@ -416,7 +416,56 @@ class IRelayQueue(Interface):
         """
 
 
-class IStore(IDirectory, IQueue, IAdmin, IRelayQueue):
+class IUsers(Interface):
+    """The web interface's users, their organizations, sessions and
+    set-password links (docs/web.md). C{ref} is a user's id (an C{int}) or
+    e-mail address; tokens are named by their SHA-256 digest only."""
+
+    def add_user(email, admin=False, organizations=()):
+        """@param organizations: permalinks the user is a member of.
+        @return: Deferred firing with the new L{mailgw.model.User}.
+        @raise Conflict: (as a failure) the address has a user already.
+        @raise NotFound: (as a failure) an organization does not exist."""
+
+    def list_users():
+        """@return: Deferred firing with every L{mailgw.model.User}, by address."""
+
+    def get_user(ref):
+        """@return: Deferred firing with the L{mailgw.model.User}, or failing
+        with L{NotFound}."""
+
+    def remove_user(ref):
+        """Remove the user, their memberships and sessions.
+        @return: Deferred firing with C{None}, or failing with L{NotFound}."""
+
+    def grant_organization(ref, organization):
+        """Make the user a member of the organization C{organization}.
+        @return: Deferred firing with the updated L{mailgw.model.User}."""
+
+    def set_user_password(ref, password_hash):
+        """Store a new password hash; every session and link of the user ends.
+        @return: Deferred firing with the updated L{mailgw.model.User}."""
+
+    def add_user_token(ref, digest, purpose, expires_at, csrf_token=""):
+        """Record a C{"session"} (with its CSRF token) or a C{"set_password"}
+        link by its token's digest, valid until C{expires_at}.
+        @return: Deferred firing with the L{mailgw.model.User}."""
+
+    def user_token(digest, purpose):
+        """@return: Deferred firing with the L{mailgw.model.UserToken} whose
+        token has this digest, or failing with L{NotFound} (none, or expired)."""
+
+    def remove_user_token(digest):
+        """End a session or a link. @return: Deferred firing with C{None}."""
+
+    def set_password_with_token(digest, password_hash):
+        """Use a set-password link once: set the password, end the link and
+        every session of its user.
+        @return: Deferred firing with the L{mailgw.model.User}, or failing
+        with L{NotFound} (no such link, used, or expired)."""
+
+
+class IStore(IDirectory, IQueue, IAdmin, IRelayQueue, IUsers):
     """One engine (SQLite or PostgreSQL) behind every store interface."""
 
     engine = Attribute("'sqlite' or 'postgresql'")

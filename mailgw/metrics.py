@@ -200,3 +200,15 @@ class TimedStore:
     retry_message = _timed("retry_message")
     remove_message = _timed("remove_message")
     message_for_server = _timed("message_for_server")
+
+    # IUsers
+    add_user = _timed("add_user")
+    list_users = _timed("list_users")
+    get_user = _timed("get_user")
+    remove_user = _timed("remove_user")
+    grant_organization = _timed("grant_organization")
+    set_user_password = _timed("set_user_password")
+    add_user_token = _timed("add_user_token")
+    user_token = _timed("user_token")
+    remove_user_token = _timed("remove_user_token")
+    set_password_with_token = _timed("set_password_with_token")

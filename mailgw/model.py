@@ -186,3 +186,34 @@ class Claim:
     entry: QueueEntry
     age_from: float
     locked_until: float
+
+
+@dataclass(frozen=True)
+class User:
+    """A person who may sign in to the web interface (docs/web.md): an admin
+    sees every organization, anyone else only C{organizations} (their
+    permalinks). The password hash is kept out of every repr."""
+    id: int
+    email: str
+    admin: bool = False
+    organizations: tuple[str, ...] = ()
+    password_hash: str | None = field(default=None, repr=False)
+
+    @property
+    def has_password(self) -> bool:
+        return self.password_hash is not None
+
+    def may_see(self, organization: str) -> bool:
+        """Is the organization with permalink C{organization} this user's?"""
+        return self.admin or organization in self.organizations
+
+
+@dataclass(frozen=True)
+class UserToken:
+    """A signed-in session or a set-password link, as the store found it by
+    the digest of its token: whose it is, until when, and (for a session)
+    the CSRF token its forms carry, kept out of every repr."""
+    user: User
+    purpose: str
+    expires_at: float
+    csrf_token: str = field(default="", repr=False)

@@ -1239,3 +1239,40 @@ class Store:
 
     def message_for_server(self, server_id, ref):
         return self._read(_message_for_server, server_id, ref)
+
+    # IUsers: the web interface's users (docs/web.md)
+
+    def add_user(self, email, admin=False, organizations=()):
+        return self._run(users.add_user, email, admin, tuple(organizations), self._now())
+
+    def list_users(self):
+        return self._read(users.list_users)
+
+    def get_user(self, ref):
+        return self._read(users.get_user, ref)
+
+    def remove_user(self, ref):
+        return self._run(users.remove_user, ref)
+
+    def grant_organization(self, ref, organization):
+        return self._run(users.grant_organization, ref, organization)
+
+    def set_user_password(self, ref, password_hash):
+        return self._run(users.set_password, ref, password_hash)
+
+    def add_user_token(self, ref, digest, purpose, expires_at, csrf_token=""):
+        return self._run(users.add_token, ref, digest, purpose, csrf_token, expires_at,
+                         self._now())
+
+    def user_token(self, digest, purpose):
+        return self._read(users.token_user, digest, purpose, self._now())
+
+    def remove_user_token(self, digest):
+        return self._run(users.remove_token, digest)
+
+    def set_password_with_token(self, digest, password_hash):
+        return self._run(users.set_password_with_token, digest, password_hash, self._now())
+
+
+# at the end: mailgw.store.users builds on this module's Q
+from mailgw.store import users  # noqa: E402

@@ -464,8 +464,9 @@ class StoreContract:
         yield old._run(_apply_schema_up_to, old.engine, 3)
         org = yield old.add_organization("acme", "Acme")
         before = yield old._run(_insert_domain_without_token, "acme.example", org.id)
-        latest = schema_files(old.engine)[-1][0]
-        self.assertEqual((yield old.upgrade()), list(range(4, latest + 1)))
+        # 4 and every version shipped after it (numbers may have gaps)
+        later = [v for v, _ in schema_files(old.engine) if v >= 4]
+        self.assertEqual((yield old.upgrade()), later)
         # and, which SQL alone cannot give it, a first DKIM key to sign with
         [key] = yield old.dkim_keys(before)
         self.assertEqual((key.algorithm, key.retiring), ("rsa", False))
