@@ -20,7 +20,7 @@ from pathlib import Path
 
 __all__ = [
     "Config", "ConfigError", "DatabaseConfig", "ListenerConfig", "LimitsConfig",
-    "TLSConfig", "AuthThrottleConfig", "RelayConfig", "HTTPAPIConfig", "MetricsConfig",
+    "TLSConfig", "AuthThrottleConfig", "RelayConfig", "HTTPAPIConfig", "MetricsConfig", "WebConfig",
     "DNSConfig",
     "load_config", "parse_config",
 ]
@@ -212,6 +212,26 @@ class HTTPAPIConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The web interface (docs/web.md): organizations, servers, credentials,
+    domains and the queue, for the users of C{mailgw user}."""
+    #: where it listens (a Twisted endpoint string)
+    endpoint: str = "tcp:8080:interface=127.0.0.1"
+    #: serve HTTPS with the [tls] certificate (session cookies are then Secure)
+    tls: bool = False
+    #: seconds a session lasts after sign-in
+    session_lifetime: float = field(default=8 * 3600.0, metadata=_check(_positive))
+    #: seconds a set-password link from `mailgw user add` stays valid
+    link_lifetime: float = field(default=24 * 3600.0, metadata=_check(_positive))
+    #: the address users reach it at, for set-password links printed by
+    #: `mailgw user`; empty: made from the endpoint (e.g. http://127.0.0.1:8080)
+    public_url: str = ""
+    #: the SMTP host name shown to clients on the credentials page; empty:
+    #: the top-level hostname
+    smtp_host: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     #: /health and /metrics (Prometheus); empty string: no metrics listener
     endpoint: str = "tcp:9091:interface=127.0.0.1"
@@ -259,6 +279,8 @@ class Config:
     #: no [http_api] table: no HTTP listener
     http_api: HTTPAPIConfig | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: no [web] table: no web interface
+    web: WebConfig | None = None
     dns: DNSConfig = field(default_factory=DNSConfig)
     #: seconds in-flight transactions get to finish on shutdown
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
@@ -314,6 +336,8 @@ def _cross_checks(config: Config) -> None:
                 f"config error: {where}.trusted_proxies: required when proxy_protocol is true")
     if config.http_api is not None and config.http_api.tls and config.tls is None:
         raise ConfigError("config error: http_api.tls: true needs a [tls] section")
+    if config.web is not None and config.web.tls and config.tls is None:
+        raise ConfigError("config error: web.tls: true needs a [tls] section")
     if config.tls is not None:
         for key in ("certificate", "private_key"):
             if not getattr(config.tls, key):

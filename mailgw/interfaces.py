@@ -92,9 +92,10 @@ class IQueue(Interface):
         @return: Deferred firing with C{{rcpt: queue entry id}}.
         """
 
-    def list_entries(status=None, server=None, limit=None):
-        """Queue entries, oldest first, optionally filtered by status and by
-        server full name (C{"org/server"}).
+    def list_entries(status=None, server=None, limit=None, newest_first=False):
+        """Queue entries, oldest first (newest first with C{newest_first}:
+        the web interface's recent queue), optionally filtered by status and
+        by server full name (C{"org/server"}).
 
         @return: Deferred firing with a list of L{mailgw.model.QueueEntry}.
         """

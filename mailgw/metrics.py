@@ -57,6 +57,12 @@ class Metrics:
             "mailgw_http_timeouts",
             "HTTP API connections closed by a timeout (idle, headers or body)", ["reason"],
             registry=r)
+        self.web_refusals = Counter(
+            "mailgw_web_refusals",
+            "Web interface requests refused (docs/web.md), by reason", ["reason"],
+            registry=r)
+        self.web_logins = Counter("mailgw_web_logins", "Web interface sign-ins by result",
+                                  ["result"], registry=r)
         self.store_seconds = Histogram(
             "mailgw_store_seconds", "Store operation latency", ["operation"], registry=r,
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))

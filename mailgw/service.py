@@ -147,6 +147,10 @@ class GatewayService(service.MultiService):
             self.gates.append(site.resource)
             self.api = api_listener_service(site, config, self.tls, reactor, self.metrics)
             self.listeners.append(self.api)
+        self.web = None
+        if config.web is not None:
+            self.web = self._web_listener()
+            self.listeners.append(self.web)
         if config.metrics.endpoint:
             site = health_site(self.store, self.metrics)
             self.gates += site.gates
@@ -175,6 +179,16 @@ class GatewayService(service.MultiService):
                                       stop_grace=config.shutdown_grace)
             self.directory.after_enqueue = self.relay.wake
             self.relay.setServiceParent(self.after_store)
+
+    def _web_listener(self) -> ListenerService:
+        """The web interface (docs/web.md) on the same store and guard as
+        SMTP and the HTTP API, so its changes apply to both at once."""
+        from mailgw.domains.lookup import domain_lookup
+        from mailgw.web.ui.site import build_web_site, web_listener_service
+        site = build_web_site(self.store, self.guard, self.config, self.reactor,
+                              self.metrics, domain_lookup(self.config, self.reactor))
+        self.gates.append(site.resource)
+        return web_listener_service(site, self.config, self.tls, self.reactor, self.metrics)
 
     def _listener(self, index: int, listener) -> ListenerService:
         settings = protocol_settings(self.config, listener)

@@ -250,7 +250,7 @@ def _enqueue(envelope, body, now):
     return ids
 
 
-def _list_entries(status, server, limit):
+def _list_entries(status, server, limit, newest_first=False):
     where, params = [], []
     if status is not None:
         where.append("q.status = ?")
@@ -260,7 +260,7 @@ def _list_entries(status, server, limit):
         where.append("o.permalink = ? AND s.permalink = ?")
         params += [org, srv]
     sql = _QUEUE_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY q.id"
+    sql += " ORDER BY q.id DESC" if newest_first else " ORDER BY q.id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(int(limit))
@@ -1024,8 +1024,8 @@ class Store:
     def enqueue(self, envelope, body):
         return self._run(_enqueue, envelope, body, self._now())
 
-    def list_entries(self, status=None, server=None, limit=None):
-        return self._read(_list_entries, status, server, limit)
+    def list_entries(self, status=None, server=None, limit=None, newest_first=False):
+        return self._read(_list_entries, status, server, limit, newest_first)
 
     def get_entry(self, entry_id):
         return self._read(_get_entry, entry_id)

@@ -255,14 +255,18 @@ class APISite(server.Site):
     requestFactory = LimitedRequest
 
     def __init__(self, resource, *, max_message_size: int, idle_timeout: float,
-                 header_timeout: float, body_timeout: float, metrics=None, reactor=None):
+                 header_timeout: float, body_timeout: float, metrics=None, reactor=None,
+                 log_formatter=None):
         """
         @param resource: the root resource.
+        @param log_formatter: how the access log writes a request (twisted.web's
+            C{logFormatter}); None: twisted.web's combined log format.
         @param idle_timeout: seconds a connection may sit idle between
             requests (twisted.web's own C{Site} timeout).
         @param reactor: the C{IReactorTime} of every timeout (None: the global reactor).
         """
-        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor,
+                         logFormatter=log_formatter)
         self.max_message_size = max_message_size
         self.max_request_body = request_body_limit(max_message_size)
         self.header_timeout = header_timeout
