@@ -103,6 +103,8 @@ def check_arguments(args) -> None:
     for name in ("permalink", "org"):
         if getattr(args, name, None) is not None:
             require_permalink(getattr(args, name))
+    for permalink in getattr(args, "orgs", ()):
+        require_permalink(permalink)
     if getattr(args, "server", None) is not None:
         args.server = server_ref(args.server)
     if args.check is not None:
@@ -318,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     _credential_verbs(nouns.noun("credential", "SMTP and API credentials"))
     _queue_verbs(nouns.noun("queue", "accepted messages"))
     _throttle_verbs(nouns.noun("throttle", "authentication failure lock-outs"))
+    from mailgw.admin.users import add_user_verbs
+    add_user_verbs(nouns.noun("user", "users of the web interface"))
     return parser
 
 
@@ -403,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         args.auth_throttle = config.auth_throttle
         # and `domain dns` prints the records the [dns] table shapes
         args.dns = config.dns
+        # and `user add --link` links to the web interface
+        args.web = config.web
         check_arguments(args)
     except EXPECTED as e:
         return fail(e)

@@ -16,6 +16,7 @@ from mailgw.auth.throttle import FailureThrottle
 from mailgw.config import AuthThrottleConfig, Config, ListenerConfig, WebConfig
 from mailgw.metrics import Metrics
 from mailgw.model import MessageEnvelope
+from mailgw.auth import passwords
 from mailgw.web.ui import sessions
 from mailgw.web.ui.site import build_web_site
 from tests.helpers import make_store
@@ -69,7 +70,7 @@ class WebTestCase(unittest.TestCase):
         for email, admin, orgs in ((ADMIN, True, ()), (ANN, False, ("acme",)),
                                    (BOB, False, ("beta",))):
             yield self.store.add_user(email, admin=admin, organizations=orgs)
-            yield self.store.set_user_password(email, sessions.hash_password_now(PASSWORD))
+            yield self.store.set_user_password(email, passwords.hash_password_now(PASSWORD))
         self.logged = []
         observer = self.logged.append
         globalLogPublisher.addObserver(observer)
@@ -216,8 +217,8 @@ class SignInTests(WebTestCase):
     @defer.inlineCallbacks
     def test_a_set_password_link_works_once(self):
         yield self.store.add_user("new@acme.example", organizations=["acme"])
-        token = sessions.new_token()
-        yield self.store.add_user_token("new@acme.example", sessions.token_digest(token),
+        token = passwords.new_token()
+        yield self.store.add_user_token("new@acme.example", passwords.token_digest(token),
                                         "set_password", reactor.seconds() + 60)
         client = self.client()
         answer = yield client.get(f"/set-password?token={token}")
@@ -477,12 +478,12 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(settings.smtp_host, "smtp.example")
 
     def test_passwords_are_argon2id_hashes(self):
-        hashed = sessions.hash_password_now(PASSWORD)
+        hashed = passwords.hash_password_now(PASSWORD)
         self.assertTrue(hashed.startswith("$argon2id$"))
-        self.assertTrue(sessions._verify(hashed, PASSWORD))
-        self.assertFalse(sessions._verify(hashed, PASSWORD + "x"))
-        self.assertFalse(sessions._verify(None, PASSWORD))
-        self.assertFalse(sessions._verify("not a hash", PASSWORD))
-        self.assertIsNotNone(sessions.password_problem("short"))
-        self.assertIsNone(sessions.password_problem(PASSWORD))
-        self.assertTrue(re.fullmatch(r"[A-Za-z0-9_-]{43}", sessions.new_token()))
+        self.assertTrue(passwords._verify(hashed, PASSWORD))
+        self.assertFalse(passwords._verify(hashed, PASSWORD + "x"))
+        self.assertFalse(passwords._verify(None, PASSWORD))
+        self.assertFalse(passwords._verify("not a hash", PASSWORD))
+        self.assertIsNotNone(passwords.password_problem("short"))
+        self.assertIsNone(passwords.password_problem(PASSWORD))
+        self.assertTrue(re.fullmatch(r"[A-Za-z0-9_-]{43}", passwords.new_token()))

@@ -25,6 +25,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from mailgw.interfaces import Conflict, NotFound, StoreUnavailable
+from mailgw.auth import passwords
 from mailgw.model import generate_token
 from mailgw.web.ui import sessions
 
@@ -235,7 +236,7 @@ class WebInterface(Resource):
         request = visit.request
         token = request.getCookie(sessions.SESSION_COOKIE)
         if token:
-            digest = sessions.token_digest(token.decode("latin-1"))
+            digest = passwords.token_digest(token.decode("latin-1"))
             try:
                 found = await self.store.user_token(digest, "session")
             except NotFound:
@@ -249,7 +250,7 @@ class WebInterface(Resource):
         if pre and re.fullmatch(rb"[A-Za-z0-9_-]{43}", pre):
             visit.csrf = pre.decode("ascii")
         else:
-            visit.csrf = sessions.new_token()
+            visit.csrf = passwords.new_token()
             visit.set_cookies.append(self.cookie(sessions.LOGIN_CSRF_COOKIE, visit.csrf, None))
 
     def _check_csrf(self, visit: Visit) -> None:

@@ -23,6 +23,7 @@ from mailgw.interfaces import NotFound
 from mailgw.model import CREDENTIAL_TYPES, QUEUE_STATUSES, SERVER_MODES, generate_key, \
     valid_permalink
 from mailgw.web.messages import header_section
+from mailgw.auth import passwords
 from mailgw.web.ui import sessions
 from mailgw.web.ui.app import Page, Redirect, Refused, conflict_text, route
 
@@ -95,7 +96,7 @@ async def login(web, visit):
     except NotFound:
         user = None
     hashed = user.password_hash if user is not None else None
-    if not await sessions.verify_password(web.clock, hashed, password):
+    if not await passwords.verify_password(web.clock, hashed, password):
         _count_login(web, "failed")
         if web.guard.failed(visit.ip, visit.trace, "web sign-in", email):
             raise Refused(429, "locked_out", "Too many failed sign-ins from your address. "
@@ -104,9 +105,9 @@ async def login(web, visit):
             web.metrics.web_refusals.labels("login_failed").inc()
         return Page("login.html", {"email": email, "next": target,
                                    "error": "Wrong e-mail address or password."}, 401)
-    token, csrf = sessions.new_token(), sessions.new_token()
+    token, csrf = passwords.new_token(), passwords.new_token()
     lifetime = web.settings.session_lifetime
-    await web.store.add_user_token(user.id, sessions.token_digest(token), "session",
+    await web.store.add_user_token(user.id, passwords.token_digest(token), "session",
                                    web.clock.seconds() + lifetime, csrf)
     if visit.session_digest:  # a new session at every sign-in (no fixation)
         await web.store.remove_user_token(visit.session_digest)
@@ -133,7 +134,7 @@ async def logout(web, visit):
 
 async def _link_user(web, token: str):
     try:
-        found = await web.store.user_token(sessions.token_digest(token), "set_password")
+        found = await web.store.user_token(passwords.token_digest(token), "set_password")
     except NotFound:
         raise Refused(404, "link", "This link is not valid: it was used already or has "
                                    "expired. Ask an admin for a new one.") from None
@@ -150,14 +151,14 @@ async def set_password(web, visit):
     token = visit.field("token")
     user = await _link_user(web, token)
     password = visit.form.get("password", "")
-    problem = sessions.password_problem(password)
+    problem = passwords.password_problem(password)
     if problem is None and password != visit.form.get("confirm", ""):
         problem = "The two passwords differ."
     if problem:
         return Page("set_password.html", {"email": user.email, "token": token,
                                           "error": problem}, 400)
-    hashed = await sessions.hash_password(web.clock, password)
-    user = await web.store.set_password_with_token(sessions.token_digest(token), hashed)
+    hashed = await passwords.hash_password(web.clock, password)
+    user = await web.store.set_password_with_token(passwords.token_digest(token), hashed)
     log.info("[{trace}] web: {email} set a password through a link", trace=visit.trace,
              email=user.email)
     return Redirect("/login", "Password set. Sign in with it.")
