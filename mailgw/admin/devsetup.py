@@ -24,6 +24,8 @@ from mailgw.store.files import private_directory
 
 DEMO_ORG, DEMO_SERVER, DEMO_DOMAIN, DEMO_CREDENTIAL = "demo", "main", "example.com", "demo"
 DEMO_API_CREDENTIAL = "demo-api"
+#: the web interface's first user on a development gateway (docs/web.md)
+DEV_ADMIN = "admin@example.com"
 
 CONFIG_TEMPLATE = """\
 # Development config written by `make run` (python -m mailgw.admin.devsetup).
@@ -55,6 +57,12 @@ endpoint = "tcp:9091:interface=127.0.0.1"
 # Postal's HTTP send API (/api/v1/send/message and /send/raw), with the demo
 # api credential's key in X-Server-API-Key.
 endpoint = "tcp:8025:interface=127.0.0.1"
+
+[web]
+# The web interface (docs/web.md): organizations, servers, credentials,
+# domains and the queue. Users come from `mailgw user add`; make run prints a
+# set-password link for the first one, admin@example.com.
+endpoint = "tcp:8080:interface=127.0.0.1"
 
 [auth_throttle]
 # You, trying things on this machine, are never locked out by a mistyped key.
@@ -170,8 +178,37 @@ async def demo_key(store) -> tuple[str | None, str | None]:
     return (keys.get(("smtp", DEMO_CREDENTIAL)), keys.get(("api", DEMO_API_CREDENTIAL)))
 
 
+async def dev_admin(store, config) -> str | None:
+    """The web interface's first user, L{DEV_ADMIN} (an admin, a member of
+    the demo organization), made on a database without users.
+
+    @return: a fresh set-password link while the admin has no password;
+        None once it has one (or when the database has other users only).
+    """
+    import time
+
+    from mailgw.admin.users import LINK_PATH, base_url
+    from mailgw.auth import passwords
+    from mailgw.interfaces import NotFound
+    if not await store.list_users():
+        orgs = [o.permalink for o in await store.list_organizations()
+                if o.permalink == DEMO_ORG]
+        await store.add_user(DEV_ADMIN, admin=True, organizations=orgs)
+    try:
+        user = await store.get_user(DEV_ADMIN)
+    except NotFound:
+        return None
+    if user.has_password:
+        return None
+    token = passwords.new_token()
+    await store.add_user_token(user.id, passwords.token_digest(token), "set_password",
+                               time.time() + config.web.link_lifetime)
+    return base_url(config.web) + LINK_PATH + token
+
+
 def prepare_store(config) -> str | None:
-    """Upgrade the schema and find (or make) the demo key, under react."""
+    """Upgrade the schema and find (or make) the demo key and, when the web
+    interface is on, its first user's set-password link, under react."""
     from twisted.internet.task import react
 
     from mailgw.store import open_store
@@ -182,7 +219,9 @@ def prepare_store(config) -> str | None:
         try:
             await store.start()
             await store.upgrade()
-            found.append(await demo_key(store))
+            keys = await demo_key(store)
+            link = await dev_admin(store, config) if config.web is not None else None
+            found.append((*keys, link))
         except Exception as e:  # raised again below, outside the reactor
             found.append(e)
         finally:
@@ -256,6 +295,21 @@ def instructions(key: str, host: str, port: int, certificate: str | None = None,
     return "\n".join(lines)
 
 
+def web_instructions(config, link: str | None, config_path: str) -> str:
+    """Where the web interface is, and how to sign in the first time."""
+    if config.web is None:
+        return (f"web interface: off; add a [web] table to {config_path} to turn it on "
+                "(docs/web.md)")
+    from mailgw.admin.users import base_url
+    url = base_url(config.web)
+    if link is None:
+        return (f"web interface: {url}/ (sign in as {DEV_ADMIN}; a new password: "
+                f".venv/bin/mailgw --config {config_path} user passwd {DEV_ADMIN})")
+    return (f"web interface: {url}/\n"
+            f"  set the password of {DEV_ADMIN} (an admin) here, once, then sign in:\n"
+            f"  {link}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mailgw.admin.devsetup",
@@ -274,15 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreUnavailable, ValueError, LookupError, OSError) as e:
         print(f"devsetup: {e}", file=sys.stderr)
         return 1
-    key, api_key = key
+    key, api_key, link = key
     if key is None:
         say(f"no demo credential: the database has organizations but no "
             f"{DEMO_ORG}/{DEMO_SERVER} credential named {DEMO_CREDENTIAL!r}; "
             f"add one with `mailgw --config {path} credential add ORG/SERVER --type smtp`")
+        print(web_instructions(config, link, str(path)))
         return 0
     host, port = submission_address(config)
     certificate = shown_path(config.tls.certificate) if config.tls is not None else None
     print(instructions(key, host, port, certificate, api_key, api_address(config), str(path)))
+    print(web_instructions(config, link, str(path)))
     return 0
 
 

@@ -210,6 +210,7 @@ class ExampleConfigTests(unittest.TestCase):
                     "relay": config_module.RelayConfig,
                     "metrics": config_module.MetricsConfig,
                     "http_api": config_module.HTTPAPIConfig,
+                    "web": config_module.WebConfig,
                     "dns": config_module.DNSConfig,
                     "listeners": config_module.ListenerConfig}
         top = [f for f in dataclasses.fields(config_module.Config)
@@ -231,3 +232,26 @@ class ExampleConfigTests(unittest.TestCase):
             value = table[f.name]
             self.assertEqual(tuple(value) if isinstance(value, list) else value,
                              f.default, where)
+
+
+class DevWebTests(unittest.TestCase):
+    """make run turns the web interface on and prints how to sign in."""
+
+    def test_a_set_password_link_until_the_admin_has_a_password(self):
+        folder, first = first_run()
+        self.assertEqual(first.returncode, 0, first.stderr)
+        link = re.search(r"(?m)^  (http://127\.0\.0\.1:8080/set-password\?token=\S+)$",
+                         first.stdout)
+        self.assertIsNotNone(link, first.stdout)
+        self.assertIn("web interface: http://127.0.0.1:8080/\n", first.stdout)
+        config = load_config(os.path.join(folder, "var", "mailgw.toml"))
+        self.assertEqual(config.web.endpoint, "tcp:8080:interface=127.0.0.1")
+        # once a password is set, the next run says where to sign in
+        subprocess.run([sys.executable, "-m", "mailgw.admin.cli", "--config",
+                        "var/mailgw.toml", "user", "passwd", "admin@example.com",
+                        "--password-stdin"], input="a development password\n", text=True,
+                       cwd=folder, check=True, capture_output=True, timeout=60)
+        again = devsetup(folder)
+        self.assertIn("web interface: http://127.0.0.1:8080/ (sign in as admin@example.com;",
+                      again.stdout)
+        self.assertNotIn("set-password", again.stdout)

@@ -24,7 +24,7 @@ class PrintedLinesTests(unittest.TestCase):
         os.makedirs(os.path.join(self.folder, "var"))
         # make run's own config, on ports free here (the lines print what it says)
         config = CONFIG_TEMPLATE
-        for port in ("2525", "2465", "9091", "8025"):
+        for port in ("2525", "2465", "9091", "8025", "8080"):
             config = config.replace(f"tcp:{port}:", f"tcp:{free_port()}:")
         self.config = os.path.join(self.folder, "var", "mailgw.toml")
         with open(self.config, "w") as f:
