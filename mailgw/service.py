@@ -186,7 +186,8 @@ class GatewayService(service.MultiService):
         from mailgw.domains.lookup import domain_lookup
         from mailgw.web.ui.site import build_web_site, web_listener_service
         site = build_web_site(self.store, self.guard, self.config, self.reactor,
-                              self.metrics, domain_lookup(self.config, self.reactor))
+                              self.metrics, domain_lookup(self.config, self.reactor),
+                              after_change=self.directory.forget)
         self.gates.append(site.resource)
         return web_listener_service(site, self.config, self.tls, self.reactor, self.metrics)
 

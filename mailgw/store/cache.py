@@ -45,6 +45,8 @@ class CachingDirectory:
         self._ttl = ttl
         self._answers = OrderedDict()   # (name, args) -> (expires, value)
         self._pending = {}              # (name, args) -> [waiting Deferreds]
+        #: bumped by L{forget}: answers to questions asked before are not kept
+        self._generation = 0
         #: called after each committed enqueue (the relay's wake), or None
         self.after_enqueue = None
 
@@ -93,8 +95,9 @@ class CachingDirectory:
         self.after_enqueue()
         return result
 
-    def list_entries(self, status=None, server=None, limit=None):
-        return self._store.list_entries(status=status, server=server, limit=limit)
+    def list_entries(self, status=None, server=None, limit=None, newest_first=False):
+        return self._store.list_entries(status=status, server=server, limit=limit,
+                                        newest_first=newest_first)
 
     def get_entry(self, entry_id):
         return self._store.get_entry(entry_id)
@@ -109,6 +112,14 @@ class CachingDirectory:
         return self._store.read_body(message_id)
 
     # the cache
+
+    def forget(self) -> None:
+        """Drop every answer: a change was just made through this process
+        (the web interface, docs/web.md), and must apply to the next command
+        at once. Look-ups under way still answer their callers, but are not
+        kept."""
+        self._answers.clear()
+        self._generation += 1
 
     def _lookup(self, name, args, target):
         """The answer of C{target(*args)}: from memory while fresh, else from
@@ -125,15 +136,16 @@ class CachingDirectory:
             return waiting
         self._pending[key] = [waiting]
         d = target(*args)
-        d.addCallbacks(self._answered, self._failed, callbackArgs=(key, now),
-                       errbackArgs=(key,))
+        d.addCallbacks(self._answered, self._failed,
+                       callbackArgs=(key, now, self._generation), errbackArgs=(key,))
         return waiting
 
-    def _answered(self, value, key, asked_at):
-        self._answers[key] = (asked_at + self._ttl, value)
-        self._answers.move_to_end(key)
-        while len(self._answers) > MAX_ENTRIES:
-            self._answers.popitem(last=False)
+    def _answered(self, value, key, asked_at, generation):
+        if generation == self._generation:
+            self._answers[key] = (asked_at + self._ttl, value)
+            self._answers.move_to_end(key)
+            while len(self._answers) > MAX_ENTRIES:
+                self._answers.popitem(last=False)
         for waiting in self._pending.pop(key, []):
             waiting.callback(value)
 

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SkipTest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTENING = re.compile(r"listening on (\S+) at (\S+) port (\d+) \((?:tls=(\w+)|(metrics))")
 HTTP_API = re.compile(r"HTTP API listening on \S+ at \S+ port (\d+)")
+WEB = re.compile(r"web interface listening on \S+ at \S+ port (\d+)")
 START_TIMEOUT = 30
 
 
@@ -68,8 +69,10 @@ class Gateway:
     listener order."""
 
     def __init__(self, folder: str, config_path: str, extra_args=(), http_api=False,
-                 twistd_args=()):
+                 twistd_args=(), web=False):
         """
+        @param web: wait for the web interface's listener too (its port in
+            C{web_port}).
         @param extra_args: options of C{twistd mailgw} (after the plugin name).
         @param twistd_args: options of twistd itself (before it), e.g. C{--uid}.
         """
@@ -77,6 +80,8 @@ class Gateway:
         self.twistd_args = list(twistd_args)
         self.api_port = None
         self._want_api = http_api
+        self._want_web = web
+        self.web_port = None
         self.folder = folder
         self.config_path = config_path
         self.ports = []
@@ -100,7 +105,8 @@ class Gateway:
         self.metrics_port = None
         self.store_open = False
         while (len(self.ports) < expected_listeners or self.metrics_port is None
-               or (self._want_api and self.api_port is None) or not self.store_open):
+               or (self._want_api and self.api_port is None)
+               or (self._want_web and self.web_port is None) or not self.store_open):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
                 self.stop()
@@ -117,6 +123,9 @@ class Gateway:
                 text = line.decode("utf-8", "replace")
                 # Listeners bind first; mail is accepted once the store is open.
                 self.store_open = self.store_open or "store open: accepting mail" in text
+                web = WEB.search(text)
+                if web:
+                    self.web_port = int(web.group(1))
                 api = HTTP_API.search(text)
                 if api:
                     self.api_port = int(api.group(1))

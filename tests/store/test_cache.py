@@ -26,7 +26,7 @@ class FakeStore:
         self.pending.append(d)
         return d
 
-    def list_entries(self, status=None, server=None, limit=None):
+    def list_entries(self, status=None, server=None, limit=None, newest_first=False):
         return "not cached"
 
     def enqueue(self, envelope, body):
@@ -59,6 +59,21 @@ class CachingDirectoryTests(unittest.TestCase):
         self.assertEqual(self.store.calls, [1, 1])
         self.store.answer("suspended server")
         self.assertEqual(self.successResultOf(later), "suspended server")
+
+    def test_forget_drops_answers_and_answers_under_way(self):
+        first = self.directory.server_by_id(1)
+        self.store.answer("server")
+        self.successResultOf(first)
+        self.directory.forget()  # a change made in this process (the web interface)
+        asked = self.directory.server_by_id(1)
+        self.assertEqual(self.store.calls, [1, 1])
+        self.directory.forget()  # another change while the look-up is under way
+        self.store.answer("old answer")
+        self.assertEqual(self.successResultOf(asked), "old answer")
+        fresh = self.directory.server_by_id(1)
+        self.assertEqual(self.store.calls, [1, 1, 1])
+        self.store.answer("suspended server")
+        self.assertEqual(self.successResultOf(fresh), "suspended server")
 
     def test_failures_are_not_cached(self):
         d = self.directory.server_by_id(2)
@@ -116,7 +131,8 @@ CALLS = {
     "messages_since": ((3, 500.0),),
     "enqueue": (("envelope", "body"),),
     "list_entries": (("queued", "acme/web", 10),
-                     ((), {"status": "queued", "server": "acme/web", "limit": 10})),
+                     ((), {"status": "queued", "server": "acme/web", "limit": 10,
+                           "newest_first": False})),
     "get_entry": ((5,),),
     "queue_counts": ((),),
     "ping": ((),),
@@ -177,7 +193,8 @@ class CachingDirectoryClassTests(unittest.TestCase):
     def test_list_entries_defaults(self):
         self.directory.list_entries()
         self.assertEqual(self.store.calls, [
-            ("list_entries", (), {"status": None, "server": None, "limit": None})])
+            ("list_entries", (), {"status": None, "server": None, "limit": None,
+                                  "newest_first": False})])
 
     def test_answers_are_kept_whatever_their_shape(self):
         # authorised_domains's second element was a bool and became a domain

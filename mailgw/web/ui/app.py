@@ -147,7 +147,8 @@ class WebInterface(Resource):
     isLeaf = True
     ready = True
 
-    def __init__(self, store, guard, settings, clock, routes, metrics=None, lookup=None):
+    def __init__(self, store, guard, settings, clock, routes, metrics=None, lookup=None,
+                 after_change=None):
         """
         @param store: the L{mailgw.interfaces.IStore} (the same one SMTP and
             the HTTP API read, so every change applies to both at once).
@@ -157,7 +158,11 @@ class WebInterface(Resource):
         @param routes: the L{Route}s, tried in order.
         @param lookup: the L{mailgw.domains.lookup.DomainLookup} of the
             domain pages' checks, or None.
+        @param after_change: called after each change a signed-in user
+            makes (the gateway's L{mailgw.store.cache.CachingDirectory.forget},
+            so that SMTP and the HTTP API see it at once), or None.
         """
+        self.after_change = after_change
         super().__init__()
         self.store = store
         self.guard = guard
@@ -204,6 +209,8 @@ class WebInterface(Resource):
                 target = "/login?" + urlencode({"next": path})
                 return self._send(visit, Redirect(target))
             answer = await chosen.handler(self, visit)
+            if request.method == b"POST" and chosen.login and self.after_change is not None:
+                self.after_change()
         except Refused as refused:
             answer = self._refusal(visit, refused)
         except NotFound:

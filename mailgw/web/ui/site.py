@@ -40,7 +40,8 @@ def access_log_line(timestamp, request) -> str:
             f'{request.sentLength or "-"} "-" "{_text(agent)[:200]}"')
 
 
-def build_web_site(store, guard, config, reactor, metrics=None, lookup=None) -> APISite:
+def build_web_site(store, guard, config, reactor, metrics=None, lookup=None,
+                   after_change=None) -> APISite:
     """The web interface's C{Site} for C{config.web}.
 
     @param store: the gateway's L{mailgw.interfaces.IStore}.
@@ -48,8 +49,11 @@ def build_web_site(store, guard, config, reactor, metrics=None, lookup=None) -> 
         and the HTTP API: failed sign-ins count in the same throttle.
     @param lookup: the L{mailgw.domains.lookup.DomainLookup} for the domain
         pages' Check and Verify buttons, or None.
+    @param after_change: called after every change made in the pages (the
+        gateway's L{mailgw.store.cache.CachingDirectory.forget}), or None.
     """
-    root = WebInterface(store, guard, web_settings(config), reactor, ROUTES, metrics, lookup)
+    root = WebInterface(store, guard, web_settings(config), reactor, ROUTES, metrics, lookup,
+                        after_change)
     site = APISite(root, max_message_size=MAX_FORM, idle_timeout=60.0, header_timeout=30.0,
                    body_timeout=60.0, metrics=metrics, reactor=reactor,
                    log_formatter=access_log_line)
