@@ -187,9 +187,15 @@ class GatewayService(service.MultiService):
         from mailgw.web.ui.site import build_web_site, web_listener_service
         site = build_web_site(self.store, self.guard, self.config, self.reactor,
                               self.metrics, domain_lookup(self.config, self.reactor),
-                              after_change=self.directory.forget)
+                              after_change=self.directory.forget,
+                              bound_ports=self._smtp_ports)
         self.gates.append(site.resource)
         return web_listener_service(site, self.config, self.tls, self.reactor, self.metrics)
+
+    def _smtp_ports(self) -> list:
+        """The port each SMTP listener is bound to (None before it is)."""
+        return [getattr(smtp.port.getHost(), "port", None) if smtp.port else None
+                for smtp in self.listeners[:len(self.config.listeners)]]
 
     def _listener(self, index: int, listener) -> ListenerService:
         settings = protocol_settings(self.config, listener)

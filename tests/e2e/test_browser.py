@@ -230,7 +230,8 @@ class BrowserTests(unittest.TestCase):
         while copy.text == "Copy" and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertIn(copy.text, ("Copied", "Selected: press Ctrl+C"))
-        for shown in ("acme/web", "acme_web", "PLAIN, LOGIN, CRAM-MD5", "STARTTLS"):
+        for shown in ("acme/web", "acme_web", "PLAIN, LOGIN, CRAM-MD5",
+                      f"Port {self.gateway.port('starttls')}", "STARTTLS"):
             self.assertIn(shown, self.find("table.settings").text)
         self.shot("04-credentials")
         token = self.send(key, "first")

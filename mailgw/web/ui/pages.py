@@ -50,9 +50,22 @@ class WebSettings:
     smtp_host: str
     listeners: tuple = ()
     dns: object = None
+    #: the SMTP listeners' bound ports, in listener order (None: not bound),
+    #: for listeners configured on port 0; or None
+    bound_ports: object = None
+
+    def shown_listeners(self) -> list[tuple]:
+        """L{listeners} with the port each is bound to where known."""
+        bound = self.bound_ports() if self.bound_ports is not None else []
+        shown = []
+        for i, (port, tls, auth_tls) in enumerate(self.listeners):
+            if port == 0 and i < len(bound) and bound[i]:
+                port = bound[i]
+            shown.append((port, tls, auth_tls))
+        return shown
 
 
-def web_settings(config) -> WebSettings:
+def web_settings(config, bound_ports=None) -> WebSettings:
     listeners = []
     for listener in config.listeners:
         m = re.match(r"^(?:tcp6?|ssl):(?:port=)?(\d+)", listener.endpoint)
@@ -60,7 +73,7 @@ def web_settings(config) -> WebSettings:
                           listener.requires_tls_for_auth))
     return WebSettings(secure=config.web.tls, session_lifetime=config.web.session_lifetime,
                        smtp_host=config.web.smtp_host or config.hostname,
-                       listeners=tuple(listeners), dns=config.dns)
+                       listeners=tuple(listeners), dns=config.dns, bound_ports=bound_ports)
 
 
 # -- sign-in -------------------------------------------------------------------
@@ -278,7 +291,7 @@ async def credentials(web, visit):
         "org": org, "server": srv, "tab": "credentials", "credentials": found,
         "types": CREDENTIAL_TYPES, "mechanisms": MECHANISMS,
         "smtp_users": (f"{org.permalink}/{srv.permalink}", f"{org.permalink}_{srv.permalink}"),
-        "smtp_host": web.settings.smtp_host, "listeners": web.settings.listeners})
+        "smtp_host": web.settings.smtp_host, "listeners": web.settings.shown_listeners()})
 
 
 def _network(text: str) -> str:

@@ -41,7 +41,7 @@ def access_log_line(timestamp, request) -> str:
 
 
 def build_web_site(store, guard, config, reactor, metrics=None, lookup=None,
-                   after_change=None) -> APISite:
+                   after_change=None, bound_ports=None) -> APISite:
     """The web interface's C{Site} for C{config.web}.
 
     @param store: the gateway's L{mailgw.interfaces.IStore}.
@@ -51,8 +51,10 @@ def build_web_site(store, guard, config, reactor, metrics=None, lookup=None,
         pages' Check and Verify buttons, or None.
     @param after_change: called after every change made in the pages (the
         gateway's L{mailgw.store.cache.CachingDirectory.forget}), or None.
+    @param bound_ports: returns the SMTP listeners' bound ports (for the
+        connection settings shown), or None.
     """
-    root = WebInterface(store, guard, web_settings(config), reactor, ROUTES, metrics, lookup,
+    root = WebInterface(store, guard, web_settings(config, bound_ports), reactor, ROUTES, metrics, lookup,
                         after_change)
     site = APISite(root, max_message_size=MAX_FORM, idle_timeout=60.0, header_timeout=30.0,
                    body_timeout=60.0, metrics=metrics, reactor=reactor,
