@@ -64,6 +64,15 @@ class InstalledWheelTests(unittest.TestCase):
             files = glob.glob(os.path.join(self.site, "mailgw", "store", "schema", engine,
                                            "*.sql"))
             self.assertGreaterEqual(len(files), 2, engine)
+        # the web interface's templates, stylesheet and script
+        ui = os.path.join(self.site, "mailgw", "web", "ui")
+        for name in ("templates/base.html", "templates/credentials.html",
+                     "static/style.css", "static/copy.js"):
+            self.assertTrue(os.path.isfile(os.path.join(ui, name)), name)
+        loaded = self.run_in_other_folder(
+            "-c", "from mailgw.web.ui.app import templates, static_files; "
+                  "templates().get_template('credentials.html'); print(sorted(static_files()))")
+        self.assertEqual(loaded.stdout.strip(), "['copy.js', 'style.css']", loaded.stderr)
         version = self.run_in_other_folder("-m", "mailgw.admin.cli", "--help")
         self.assertEqual(version.returncode, 0, version.stderr)
         self.assertTrue(re.search(r"usage: mailgw", version.stdout), version.stdout)
