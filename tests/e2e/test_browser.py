@@ -38,9 +38,9 @@ def cli_with_password(config: str, *args: str) -> None:
                    capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
-class BrowserTests(unittest.TestCase):
-    """Journeys through the pages, as an admin and as a user of another
-    organization."""
+class BrowserCase(unittest.TestCase):
+    """A gateway with the web interface and one headless Chromium, shared
+    by the tests of a class (L{start_shared} makes them)."""
 
     #: tests still to run before the shared gateway and browser stop
     _remaining = None
@@ -51,7 +51,8 @@ class BrowserTests(unittest.TestCase):
         # only some tests, the end of the process does)
         cls = type(self)
         if cls._remaining is None:
-            cls._remaining = len([n for n in dir(cls) if n.startswith("test_")])
+            cls._remaining = len([n for n in dir(cls) if n.startswith("test_")
+                                  and callable(getattr(cls, n))])
             atexit.register(cls.stop_shared)
             cls.start_shared()
         self.addCleanup(self._one_done)
@@ -64,34 +65,27 @@ class BrowserTests(unittest.TestCase):
 
     @classmethod
     def start_shared(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def require_browser(cls):
+        """@return: the paths of chromium and chromedriver (skipped without
+        them or Selenium, failing under CI=true)."""
         chromium = shutil.which("chromium") or require_tool("chromium")
         driver_path = shutil.which("chromedriver") or require_tool("chromedriver")
         try:
-            from selenium import webdriver
+            import selenium  # noqa: F401
         except ImportError:
             if os.environ.get("CI") == "true":
                 raise AssertionError("selenium is not installed (CI=true: fails)") from None
             raise unittest.SkipTest("selenium is not installed") from None
-        cls.folder = os.path.abspath(tempfile.mkdtemp(prefix="browser-", dir="."))
-        cls.shots = os.path.abspath("browser-screenshots")
-        os.makedirs(cls.shots, exist_ok=True)
-        certificate, key = make_certificate("localhost")
-        cls.cafile = os.path.join(cls.folder, "cert.pem")
-        with open(cls.cafile, "wb") as f:
-            f.write(certificate)
-        with open(os.path.join(cls.folder, "key.pem"), "wb") as f:
-            f.write(key)
-        cls.config = write_config(
-            cls.folder, database_url="sqlite:mailgw.sqlite3", hostname="localhost",
-            listeners=[{"endpoint": "tcp:0:interface=127.0.0.1", "tls": "starttls"}],
-            tls={"certificate": "cert.pem", "private_key": "key.pem"},
-            tables='[web]\nendpoint = "tcp:0:interface=127.0.0.1"\n')
-        mailgw_cli(cls.config, "--json", "org", "add", "other", "--name", "Other Ltd")
-        cli_with_password(cls.config, "user", "add", ADMIN, "--admin")
-        cli_with_password(cls.config, "user", "add", BOB, "--org", "other")
-        cls.gateway = Gateway(cls.folder, cls.config, web=True)
-        cls.gateway.start(1)
-        cls.base = f"http://127.0.0.1:{cls.gateway.web_port}"
+        return chromium, driver_path
+
+    @classmethod
+    def new_browser(cls):
+        """Headless Chromium under Selenium."""
+        from selenium import webdriver
+        chromium, driver_path = cls.require_browser()
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
         for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
@@ -99,12 +93,9 @@ class BrowserTests(unittest.TestCase):
             options.add_argument(argument)
         service = webdriver.ChromeService(executable_path=driver_path,
                                           log_output=os.path.join(cls.folder, "driver.log"))
-        try:
-            cls.browser = webdriver.Chrome(options=options, service=service)
-        except Exception:
-            cls.gateway.stop()
-            raise
-        cls.browser.set_page_load_timeout(WAIT)
+        browser = webdriver.Chrome(options=options, service=service)
+        browser.set_page_load_timeout(WAIT)
+        return browser
 
     @classmethod
     def stop_shared(cls):
@@ -198,9 +189,48 @@ class BrowserTests(unittest.TestCase):
         client.quit()
         return QUEUED.match(text.decode()).group(1)
 
+
+class BrowserTests(BrowserCase):
+    """Journeys through the pages, as an admin and as a user of another
+    organization."""
+
+    _remaining = None
+
+    @classmethod
+    def start_shared(cls):
+        cls.require_browser()
+        cls.folder = os.path.abspath(tempfile.mkdtemp(prefix="browser-", dir="."))
+        cls.shots = os.path.abspath("browser-screenshots")
+        os.makedirs(cls.shots, exist_ok=True)
+        certificate, key = make_certificate("localhost")
+        cls.cafile = os.path.join(cls.folder, "cert.pem")
+        with open(cls.cafile, "wb") as f:
+            f.write(certificate)
+        with open(os.path.join(cls.folder, "key.pem"), "wb") as f:
+            f.write(key)
+        cls.config = write_config(
+            cls.folder, database_url="sqlite:mailgw.sqlite3", hostname="localhost",
+            listeners=[{"endpoint": "tcp:0:interface=127.0.0.1", "tls": "starttls"}],
+            tls={"certificate": "cert.pem", "private_key": "key.pem"},
+            tables='[web]\nendpoint = "tcp:0:interface=127.0.0.1"\n')
+        mailgw_cli(cls.config, "--json", "org", "add", "other", "--name", "Other Ltd")
+        cli_with_password(cls.config, "user", "add", ADMIN, "--admin")
+        cli_with_password(cls.config, "user", "add", BOB, "--org", "other")
+        cls.gateway = Gateway(cls.folder, cls.config, web=True)
+        cls.gateway.start(1)
+        cls.base = f"http://127.0.0.1:{cls.gateway.web_port}"
+        try:
+            cls.browser = cls.new_browser()
+        except Exception:
+            cls.gateway.stop()
+            raise
+
     # -- the journeys --------------------------------------------------------------------
 
     def test_from_sign_in_to_a_working_credential(self):
+        self.browser.delete_all_cookies()
+        self.open("/login")
+        self.shot("00-sign-in")
         self.sign_in(ADMIN)
         self.assertEqual(self.title(), "Organizations")
         self.shot("01-organizations")
@@ -313,3 +343,64 @@ class BrowserTests(unittest.TestCase):
             if time.monotonic() > deadline:
                 self.fail("the lock-out was never lifted")
             time.sleep(0.2)
+
+
+class MakeRunTests(BrowserCase):
+    """The README's promise: from `make run`'s printed link to a working
+    credential, in the browser alone, on a gateway with make run's own config."""
+
+    _remaining = None
+
+    @classmethod
+    def start_shared(cls):
+        cls.require_browser()
+        from mailgw.admin.devsetup import CONFIG_TEMPLATE
+        from tests.e2e.test_startup import free_port
+        cls.folder = os.path.abspath(tempfile.mkdtemp(prefix="make-run-", dir="."))
+        var = os.path.join(cls.folder, "var")
+        os.makedirs(var)
+        config = CONFIG_TEMPLATE
+        for port in ("2525", "2465", "9091", "8025", "8080"):
+            config = config.replace(f"tcp:{port}:", f"tcp:{free_port()}:")
+        cls.config = os.path.join(var, "mailgw.toml")
+        with open(cls.config, "w") as f:
+            f.write(config)
+        setup = subprocess.run(
+            [sys.executable, "-m", "mailgw.admin.devsetup", "--config", "var/mailgw.toml"],
+            cwd=cls.folder, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, PYTHONPATH=ROOT))
+        assert setup.returncode == 0, setup.stderr
+        cls.printed = setup.stdout
+        cls.cafile = os.path.join(var, "tls", "cert.pem")
+        cls.gateway = Gateway(var, cls.config, http_api=True, web=True)
+        cls.gateway.start(2)
+        cls.base = f"http://127.0.0.1:{cls.gateway.web_port}"
+        try:
+            cls.browser = cls.new_browser()
+        except Exception:
+            cls.gateway.stop()
+            raise
+
+    def test_from_the_printed_link_to_sent_mail(self):
+        [link] = re.findall(r"(?m)^  (http://127\.0\.0\.1:\d+/set-password\?token=\S+)$",
+                            self.printed)
+        self.assertTrue(link.startswith(self.base + "/set-password?token="), link)
+        self.browser.delete_all_cookies()
+        self.browser.get(link)
+        self.assertEqual(self.title(), "Set a password for admin@example.com")
+        self.submit("form[action='/set-password']", password=PASSWORD, confirm=PASSWORD)
+        self.wait_for_text("Password set. Sign in with it.")
+        self.submit("form[action='/login']", email="admin@example.com", password=PASSWORD)
+        self.click(self.find("a[href='/orgs/demo']"))
+        self.click(self.find("a[href='/orgs/demo/servers/main/credentials']"))
+        self.submit("form[action='/orgs/demo/servers/main/credentials']", type="smtp",
+                    name="my app")
+        self.wait_for_text("Added smtp credential my app.")
+        key = self.find("tr[data-type=smtp]:last-child code.key").text
+        client = self.smtp()
+        self.assertEqual(client.login("any", key), (235, b"Granted for demo/main"))
+        client.mail("you@example.com")
+        client.rcpt("someone@example.net")
+        code, text = client.data(b"From: you@example.com\r\nSubject: hi\r\n\r\nHello.\r\n")
+        self.assertEqual(code, 250, text)
+        client.quit()
