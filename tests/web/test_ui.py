@@ -464,6 +464,47 @@ class IsolationTests(WebTestCase):
         self.assertNotIn("K" * 24, page.text)
 
 
+class HTTPSTests(WebTestCase):
+    """C{[web] tls = true}: HTTPS with the gateway's certificate, and the
+    session cookie only ever sent back over it."""
+
+    @defer.inlineCallbacks
+    def test_served_over_tls_with_secure_cookies(self):
+        import dataclasses
+        import os
+        import ssl
+
+        from mailgw.admin.devsetup import make_certificate
+        from mailgw.config import TLSConfig
+        from mailgw.tls import TLSOptions
+        from mailgw.web.ui.site import web_listener_service
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        certificate, key = make_certificate("localhost")
+        paths = [os.path.join(folder, name) for name in ("cert.pem", "key.pem")]
+        for path, data in zip(paths, (certificate, key)):
+            with open(path, "wb") as f:
+                f.write(data)
+        tls = TLSConfig(certificate=paths[0], private_key=paths[1])
+        config = dataclasses.replace(self.config, tls=tls, web=WebConfig(
+            endpoint="tcp:0:interface=127.0.0.1", tls=True))
+        site = build_web_site(self.store, self.guard, config, reactor)
+        service = web_listener_service(site, config, TLSOptions.from_config(tls), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIn("(https: true)", self.log_text())
+        client = UIClient(service.port.getHost().port,
+                          context=ssl.create_default_context(cadata=certificate.decode()))
+        yield client.get("/login")
+        answer = yield client.post("/login", {"email": ANN, "password": PASSWORD})
+        self.assertEqual(answer.status, 303)
+        [cookie] = [c for c in answer.cookies() if c.startswith(SESSION + "=")]
+        self.assertTrue(cookie.endswith("; Secure"), cookie)
+        page = yield client.get("/orgs")
+        self.assertIn('href="/orgs/acme"', page.text)
+        self.assertRaises(ValueError, web_listener_service, site, config, None, reactor)
+
+
 class SettingsTests(unittest.TestCase):
 
     def test_cookies_are_secure_under_tls(self):

@@ -38,14 +38,21 @@ class Answer:
 class UIClient:
     """One browser: its cookies, and the CSRF token of the last page seen."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1"):
+    def __init__(self, port: int, host: str = "127.0.0.1", context=None):
+        """@param context: an C{ssl.SSLContext}: HTTPS with it."""
         self.port = port
         self.host = host
+        self.context = context
         self.cookies: dict[str, str] = {}
         self.token = ""
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict) -> Answer:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        if self.context is not None:
+            connection = http.client.HTTPSConnection(self.host, self.port, timeout=30,
+                                                     context=self.context)
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = dict(headers, Connection="close")
         try:
             if self.cookies:
                 headers = dict(headers, Cookie="; ".join(f"{k}={v}" for k, v in
