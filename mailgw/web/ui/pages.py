@@ -1,5 +1,7 @@
-"""The web interface's pages: sign-in, organizations and servers, and each
-server's credentials, domains and messages (docs/web.md).
+"""The web interface's pages of organizations and servers, and each
+server's credentials and domains (docs/web.md); sign-in is in
+L{mailgw.web.ui.signin}, messages in L{mailgw.web.ui.queue}, the routes in
+L{mailgw.web.ui.routes}.
 
 Each handler is C{async (web, visit) -> Page | Redirect}, where C{web} is
 the L{mailgw.web.ui.app.WebInterface} and C{visit} the
@@ -20,20 +22,14 @@ from types import SimpleNamespace
 from twisted.logger import Logger
 
 from mailgw.interfaces import NotFound
-from mailgw.model import CREDENTIAL_TYPES, QUEUE_STATUSES, SERVER_MODES, generate_key, \
+from mailgw.model import CREDENTIAL_TYPES, SERVER_MODES, generate_key, \
     valid_permalink
-from mailgw.web.messages import header_section
-from mailgw.auth import passwords
-from mailgw.web.ui import sessions
-from mailgw.web.ui.app import Page, Redirect, Refused, conflict_text, route
+from mailgw.web.ui.app import Page, Redirect, Refused, conflict_text
 
 log = Logger()
 
 #: what the SMTP listeners offer (docs/smtp.md)
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
-#: messages shown on a server's queue page
-RECENT_MESSAGES = 200
-_QUEUE_ID = re.compile(r"[A-Za-z0-9]{12}\Z")
 
 
 @dataclass(frozen=True)
@@ -76,107 +72,6 @@ def web_settings(config, bound_ports=None) -> WebSettings:
                        listeners=tuple(listeners), dns=config.dns, bound_ports=bound_ports)
 
 
-# -- sign-in -------------------------------------------------------------------
-
-def _next(target: str) -> str:
-    """A local path to go to after sign-in (never another site)."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
-
-
-async def home(web, visit):
-    return Redirect("/orgs")
-
-
-async def login_form(web, visit):
-    if visit.user is not None:
-        return Redirect(_next(visit.field("next", "/")))
-    return Page("login.html", {"email": "", "next": _next(visit.field("next", "/")),
-                               "error": None})
-
-
-async def login(web, visit):
-    email = visit.field("email").lower()
-    password = visit.form.get("password", "")
-    target = _next(visit.field("next", "/"))
-    if web.guard.locked(visit.ip):
-        _count_login(web, "locked_out")
-        raise Refused(429, "locked_out", "Too many failed sign-ins from your address. "
-                                         "Try again later.")
-    try:
-        user = await web.store.get_user(email) if email else None
-    except NotFound:
-        user = None
-    hashed = user.password_hash if user is not None else None
-    if not await passwords.verify_password(web.clock, hashed, password):
-        _count_login(web, "failed")
-        if web.guard.failed(visit.ip, visit.trace, "web sign-in", email):
-            raise Refused(429, "locked_out", "Too many failed sign-ins from your address. "
-                                             "Try again later.")
-        if web.metrics is not None:
-            web.metrics.web_refusals.labels("login_failed").inc()
-        return Page("login.html", {"email": email, "next": target,
-                                   "error": "Wrong e-mail address or password."}, 401)
-    token, csrf = passwords.new_token(), passwords.new_token()
-    lifetime = web.settings.session_lifetime
-    await web.store.add_user_token(user.id, passwords.token_digest(token), "session",
-                                   web.clock.seconds() + lifetime, csrf)
-    if visit.session_digest:  # a new session at every sign-in (no fixation)
-        await web.store.remove_user_token(visit.session_digest)
-    visit.set_cookies.append(web.cookie(sessions.SESSION_COOKIE, token, int(lifetime)))
-    visit.set_cookies.append(web.cookie(sessions.LOGIN_CSRF_COOKIE, "", 0))
-    _count_login(web, "success")
-    log.info("[{trace}] web: {email} signed in from {ip}", trace=visit.trace,
-             email=user.email, ip=visit.ip)
-    return Redirect(target)
-
-
-def _count_login(web, result: str) -> None:
-    if web.metrics is not None:
-        web.metrics.web_logins.labels(result).inc()
-
-
-async def logout(web, visit):
-    if visit.session_digest:
-        await web.store.remove_user_token(visit.session_digest)
-    visit.set_cookies.append(web.cookie(sessions.SESSION_COOKIE, "", 0))
-    log.info("[{trace}] web: {email} signed out", trace=visit.trace, email=visit.user.email)
-    return Redirect("/login", "Signed out.")
-
-
-async def _link_user(web, token: str):
-    try:
-        found = await web.store.user_token(passwords.token_digest(token), "set_password")
-    except NotFound:
-        raise Refused(404, "link", "This link is not valid: it was used already or has "
-                                   "expired. Ask an admin for a new one.") from None
-    return found.user
-
-
-async def set_password_form(web, visit):
-    token = visit.field("token")
-    user = await _link_user(web, token)
-    return Page("set_password.html", {"email": user.email, "token": token, "error": None})
-
-
-async def set_password(web, visit):
-    token = visit.field("token")
-    user = await _link_user(web, token)
-    password = visit.form.get("password", "")
-    problem = passwords.password_problem(password)
-    if problem is None and password != visit.form.get("confirm", ""):
-        problem = "The two passwords differ."
-    if problem:
-        return Page("set_password.html", {"email": user.email, "token": token,
-                                          "error": problem}, 400)
-    hashed = await passwords.hash_password(web.clock, password)
-    user = await web.store.set_password_with_token(passwords.token_digest(token), hashed)
-    log.info("[{trace}] web: {email} set a password through a link", trace=visit.trace,
-             email=user.email)
-    return Redirect("/login", "Password set. Sign in with it.")
-
-
 # -- organizations and servers --------------------------------------------------
 
 async def _organization(web, visit):
@@ -189,7 +84,7 @@ async def _organization(web, visit):
     raise NotFound(f"no organization {permalink}")
 
 
-async def _server(web, visit):
+async def server_of(web, visit):
     org = await _organization(web, visit)
     server = await web.store.get_server(org.permalink, visit.params["server"])
     return org, server
@@ -212,7 +107,7 @@ async def organization_add(web, visit):
     org = await web.store.add_organization(permalink, name or permalink)
     if not visit.user.admin:
         await web.store.grant_organization(visit.user.id, org.permalink)
-    _changed(visit, f"added organization {org.permalink}")
+    changed(visit, f"added organization {org.permalink}")
     return Redirect(f"/orgs/{org.permalink}", f"Organization {org.permalink} added.")
 
 
@@ -227,7 +122,7 @@ async def organization_suspend(web, visit, suspended: bool):
     _require_admin(visit, "suspend an organization")
     await web.store.set_organization_suspended(org.permalink, suspended)
     what = "suspended" if suspended else "unsuspended"
-    _changed(visit, f"{what} organization {org.permalink}")
+    changed(visit, f"{what} organization {org.permalink}")
     return Redirect(f"/orgs/{org.permalink}", f"Organization {org.permalink} {what}.")
 
 
@@ -240,52 +135,52 @@ async def server_add(web, visit):
                         error=True)
     server = await web.store.add_server(org.permalink, permalink, name or permalink,
                                         mode=mode)
-    _changed(visit, f"added server {server.full_name}")
-    return Redirect(_base(server) + "/credentials", f"Server {server.full_name} added.")
+    changed(visit, f"added server {server.full_name}")
+    return Redirect(base_path(server) + "/credentials", f"Server {server.full_name} added.")
 
 
-def _base(server) -> str:
+def base_path(server) -> str:
     return f"/orgs/{server.organization_permalink}/servers/{server.permalink}"
 
 
-def _changed(visit, what: str) -> None:
+def changed(visit, what: str) -> None:
     log.info("[{trace}] web: {email} {what}", trace=visit.trace, email=visit.user.email,
              what=what)
 
 
 async def server(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     return Page("server.html", {"org": org, "server": srv, "modes": SERVER_MODES,
                                 "tab": "settings"})
 
 
 async def server_settings(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     limit = visit.field("send_limit")
     mode = visit.field("mode", srv.mode)
     if mode not in SERVER_MODES or (limit and (not limit.isdigit() or int(limit) < 1)):
-        return Redirect(_base(srv), "The send limit is a whole number of messages per "
+        return Redirect(base_path(srv), "The send limit is a whole number of messages per "
                                     "hour, at least 1 (empty: no limit).", error=True)
     srv = await web.store.update_server(
         org.permalink, srv.permalink, allow_sender_header="allow_sender_header" in visit.form,
         privacy_mode="privacy_mode" in visit.form, mode=mode,
         send_limit=int(limit) if limit else None)
-    _changed(visit, f"changed the settings of {srv.full_name}")
-    return Redirect(_base(srv), "Settings saved.")
+    changed(visit, f"changed the settings of {srv.full_name}")
+    return Redirect(base_path(srv), "Settings saved.")
 
 
 async def server_suspend(web, visit, suspended: bool):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     await web.store.update_server(org.permalink, srv.permalink, suspended=suspended)
     what = "suspended" if suspended else "unsuspended"
-    _changed(visit, f"{what} server {srv.full_name}")
-    return Redirect(_base(srv), f"Server {srv.full_name} {what}.")
+    changed(visit, f"{what} server {srv.full_name}")
+    return Redirect(base_path(srv), f"Server {srv.full_name} {what}.")
 
 
 # -- credentials ----------------------------------------------------------------
 
 async def credentials(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     found = await web.store.list_credentials((org.permalink, srv.permalink))
     return Page("credentials.html", {
         "org": org, "server": srv, "tab": "credentials", "credentials": found,
@@ -305,9 +200,9 @@ def _network(text: str) -> str:
 
 
 async def credential_add(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     kind, name = visit.field("type"), visit.field("name")
-    back = _base(srv) + "/credentials"
+    back = base_path(srv) + "/credentials"
     if kind not in CREDENTIAL_TYPES:
         return Redirect(back, "Choose smtp, smtp-ip or api.", error=True)
     try:
@@ -316,12 +211,12 @@ async def credential_add(web, visit):
         return Redirect(back, str(e), error=True)
     credential = await web.store.add_credential((org.permalink, srv.permalink), kind, key,
                                                 name=name, hold="hold" in visit.form)
-    _changed(visit, f"added {kind} credential {credential.id} to {srv.full_name}")
+    changed(visit, f"added {kind} credential {credential.id} to {srv.full_name}")
     return Redirect(back, f"Added {kind} credential {name or credential.id}.")
 
 
 async def _credential(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     wanted = int(visit.params["credential"])
     for credential in await web.store.list_credentials((org.permalink, srv.permalink)):
         if credential.id == wanted:
@@ -333,10 +228,10 @@ async def credential_hold(web, visit, hold: bool):
     srv, credential = await _credential(web, visit)
     await web.store.set_credential_hold(credential.id, hold)
     what = "held" if hold else "released"
-    _changed(visit, f"{what} credential {credential.id} of {srv.full_name}")
+    changed(visit, f"{what} credential {credential.id} of {srv.full_name}")
     note = ("Mail sent with it is held until released." if hold
             else "Mail sent with it is queued again.")
-    return Redirect(_base(srv) + "/credentials",
+    return Redirect(base_path(srv) + "/credentials",
                     f"Credential {credential.name or credential.id} {what}. {note}")
 
 
@@ -347,22 +242,22 @@ async def credential_remove_form(web, visit):
         "question": f"Remove the {credential.type} credential "
                     f"{credential.name or credential.id}? Clients using it can no longer "
                     f"send.",
-        "action": f"{_base(srv)}/credentials/{credential.id}/remove",
-        "back": _base(srv) + "/credentials", "button": "Remove"})
+        "action": f"{base_path(srv)}/credentials/{credential.id}/remove",
+        "back": base_path(srv) + "/credentials", "button": "Remove"})
 
 
 async def credential_remove(web, visit):
     srv, credential = await _credential(web, visit)
     await web.store.remove_credential(credential.id)
-    _changed(visit, f"removed credential {credential.id} of {srv.full_name}")
-    return Redirect(_base(srv) + "/credentials",
+    changed(visit, f"removed credential {credential.id} of {srv.full_name}")
+    return Redirect(base_path(srv) + "/credentials",
                     f"Credential {credential.name or credential.id} removed.")
 
 
 # -- domains ----------------------------------------------------------------------
 
 async def domains(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     own = await web.store.list_domains(server=(org.permalink, srv.permalink))
     shared = await web.store.list_domains(organization=org.permalink)
     return Page("domains.html", {"org": org, "server": srv, "tab": "domains",
@@ -370,20 +265,20 @@ async def domains(web, visit):
 
 
 async def domain_add(web, visit):
-    org, srv = await _server(web, visit)
-    back = _base(srv) + "/domains"
+    org, srv = await server_of(web, visit)
+    back = base_path(srv) + "/domains"
     try:
         domain = await web.store.add_domain(visit.field("name"),
                                             server=(org.permalink, srv.permalink))
     except ValueError as e:  # an invalid name, or a Conflict
         return Redirect(back, conflict_text(e), error=True)
-    _changed(visit, f"added domain {domain.name} to {srv.full_name}")
+    changed(visit, f"added domain {domain.name} to {srv.full_name}")
     return Redirect(f"{back}/{domain.id}", f"Domain {domain.name} added: publish its "
                                            f"records, then verify it.")
 
 
 async def _domain(web, visit):
-    org, srv = await _server(web, visit)
+    org, srv = await server_of(web, visit)
     wanted = int(visit.params["domain"])
     for domain in await web.store.list_domains(server=(org.permalink, srv.permalink)):
         if domain.id == wanted:
@@ -412,7 +307,7 @@ async def domain_check(web, visit):
     except NotFound:
         raise
     except LookupError as e:  # the DNS server did not answer
-        return Redirect(f"{_base(srv)}/domains/{found.id}", str(e), error=True)
+        return Redirect(f"{base_path(srv)}/domains/{found.id}", str(e), error=True)
     return await domain(web, visit, checks=result.data)
 
 
@@ -420,7 +315,7 @@ async def domain_verify(web, visit):
     from mailgw.admin import commands  # as `mailgw domain verify [--force]`
     srv, found = await _domain(web, visit)
     force = "force" in visit.form
-    back = f"{_base(srv)}/domains/{found.id}"
+    back = f"{base_path(srv)}/domains/{found.id}"
     if force:
         _require_admin(visit, "mark a domain verified without its DNS record")
     elif web.lookup is None:
@@ -432,7 +327,7 @@ async def domain_verify(web, visit):
         raise
     except (ValueError, LookupError) as e:
         return Redirect(back, str(e), error=True)
-    _changed(visit, f"verified domain {found.name} of {srv.full_name}"
+    changed(visit, f"verified domain {found.name} of {srv.full_name}"
                     + (" without DNS" if force else ""))
     return Redirect(back, f"Domain {found.name} is verified.")
 
@@ -440,121 +335,5 @@ async def domain_verify(web, visit):
 async def domain_remove(web, visit):
     srv, found = await _domain(web, visit)
     await web.store.remove_domain(found.id)
-    _changed(visit, f"removed domain {found.name} of {srv.full_name}")
-    return Redirect(_base(srv) + "/domains", f"Domain {found.name} removed.")
-
-
-# -- messages -------------------------------------------------------------------------
-
-async def messages(web, visit):
-    org, srv = await _server(web, visit)
-    query, status = visit.field("q"), visit.field("status")
-    if status not in QUEUE_STATUSES:
-        status = ""
-    if _QUEUE_ID.match(query):
-        try:
-            found = await web.store.message_for_server(srv.id, query.upper())
-            entries = list(found.entries)
-        except NotFound:
-            entries = []
-    else:
-        entries = await web.store.list_entries(status=status or None, server=srv.full_name,
-                                               limit=None if query else RECENT_MESSAGES,
-                                               newest_first=True)
-        if query:
-            wanted = query.lower()
-            entries = [e for e in entries
-                       if wanted in e.mail_from.lower() or wanted in e.rcpt_to.lower()]
-            entries = entries[:RECENT_MESSAGES]
-    if status:
-        entries = [e for e in entries if e.status == status]
-    return Page("messages.html", {"org": org, "server": srv, "tab": "messages",
-                                  "entries": entries, "query": query, "status": status,
-                                  "statuses": QUEUE_STATUSES})
-
-
-async def _message(web, visit):
-    org, srv = await _server(web, visit)
-    return srv, await web.store.message_for_server(srv.id, visit.params["token"].upper())
-
-
-async def message(web, visit):
-    srv, found = await _message(web, visit)
-    message_id = found.entries[0].message_id
-    data, seq = b"", 0
-    while b"\r\n\r\n" not in data and seq < 64:
-        chunk = await web.store.read_body_chunk(message_id, seq)
-        if not chunk:
-            break
-        data, seq = data + chunk, seq + 1
-    headers = header_section(data).decode("utf-8", "replace").replace("\r\n", "\n")
-    return Page("message.html", {"org": None, "server": srv, "tab": "messages",
-                                 "entries": found.entries, "attempts": found.attempts,
-                                 "token": found.entries[0].token, "headers": headers})
-
-
-_MESSAGE_ACTIONS = {"release": "release_message", "retry": "retry_message",
-                    "remove": "remove_message"}
-
-
-async def message_action(web, visit, action: str):
-    srv, found = await _message(web, visit)
-    token = found.entries[0].token
-    back = f"{_base(srv)}/messages/{token}"
-    try:
-        changed = await getattr(web.store, _MESSAGE_ACTIONS[action])(token)
-    except NotFound:
-        raise
-    except ValueError as e:  # Conflict: nothing to release or retry
-        return Redirect(back, conflict_text(e), error=True)
-    _changed(visit, f"{action}d message {token} of {srv.full_name} ({len(changed)} entries)")
-    if action == "remove":
-        return Redirect(_base(srv) + "/messages", f"Message {token} removed.")
-    return Redirect(back, f"Message {token}: {len(changed)} entries {action}d.")
-
-
-# -- the routes --------------------------------------------------------------------------
-
-def _bound(fn, *args):
-    async def handler(web, visit):
-        return await fn(web, visit, *args)
-    return handler
-
-
-S = "/orgs/{org}/servers/{server}"
-
-ROUTES = (
-    route("GET", "/", home),
-    route("GET", "/login", login_form, login=False),
-    route("POST", "/login", login, login=False),
-    route("POST", "/logout", logout),
-    route("GET", "/set-password", set_password_form, login=False),
-    route("POST", "/set-password", set_password, login=False),
-    route("GET", "/orgs", organizations),
-    route("POST", "/orgs", organization_add),
-    route("GET", "/orgs/{org}", organization),
-    route("POST", "/orgs/{org}/suspend", _bound(organization_suspend, True)),
-    route("POST", "/orgs/{org}/unsuspend", _bound(organization_suspend, False)),
-    route("POST", "/orgs/{org}/servers", server_add),
-    route("GET", S, server),
-    route("POST", S + "/settings", server_settings),
-    route("POST", S + "/suspend", _bound(server_suspend, True)),
-    route("POST", S + "/unsuspend", _bound(server_suspend, False)),
-    route("GET", S + "/credentials", credentials),
-    route("POST", S + "/credentials", credential_add),
-    route("POST", S + "/credentials/{credential:int}/hold", _bound(credential_hold, True)),
-    route("POST", S + "/credentials/{credential:int}/release", _bound(credential_hold, False)),
-    route("GET", S + "/credentials/{credential:int}/remove", credential_remove_form),
-    route("POST", S + "/credentials/{credential:int}/remove", credential_remove),
-    route("GET", S + "/domains", domains),
-    route("POST", S + "/domains", domain_add),
-    route("GET", S + "/domains/{domain:int}", domain),
-    route("POST", S + "/domains/{domain:int}/check", domain_check),
-    route("POST", S + "/domains/{domain:int}/verify", domain_verify),
-    route("POST", S + "/domains/{domain:int}/remove", domain_remove),
-    route("GET", S + "/messages", messages),
-    route("GET", S + "/messages/{token:token}", message),
-    route("POST", S + "/messages/{token:token}/release", _bound(message_action, "release")),
-    route("POST", S + "/messages/{token:token}/retry", _bound(message_action, "retry")),
-    route("POST", S + "/messages/{token:token}/remove", _bound(message_action, "remove")),
-)
+    changed(visit, f"removed domain {found.name} of {srv.full_name}")
+    return Redirect(base_path(srv) + "/domains", f"Domain {found.name} removed.")

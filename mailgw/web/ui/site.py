@@ -14,7 +14,8 @@ from zope.interface import provider
 from mailgw.listeners import ListenerService, parse_endpoint
 from mailgw.web.limits import APISite, ConnectionCaps
 from mailgw.web.ui.app import WebInterface
-from mailgw.web.ui.pages import ROUTES, web_settings
+from mailgw.web.ui.pages import web_settings
+from mailgw.web.ui.routes import ROUTES
 
 #: the largest form accepted (a form's fields are short)
 MAX_FORM = 64 * 1024
