@@ -16,6 +16,7 @@ from mailgw.web.ui.app import Page, Redirect, Refused
 
 log = Logger()
 
+
 def safe_next(target: str) -> str:
     """A local path to go to after sign-in (never another site)."""
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:
