@@ -481,6 +481,8 @@ async def config_check(reactor, config, args) -> Output:
             "endpoint": api.endpoint, "tls": api.tls, "max_connections": api.max_connections,
             "max_connections_per_ip": api.max_connections_per_ip},
         "metrics": config.metrics.endpoint or None,
+        "web": None if config.web is None else {
+            "endpoint": config.web.endpoint, "tls": config.web.tls},
         "tls": tls,
         "database": database,
         "spool_directory": {"path": config.spool_directory, "exists": spool_exists},
@@ -517,6 +519,8 @@ def _check_endpoints(reactor, config) -> None:
         endpoints.append((config.http_api.endpoint, "http_api.endpoint"))
     if config.metrics.endpoint:
         endpoints.append((config.metrics.endpoint, "metrics.endpoint"))
+    if config.web is not None:
+        endpoints.append((config.web.endpoint, "web.endpoint"))
     for description, where in endpoints:
         try:
             parse_endpoint(reactor, description, where)
@@ -611,6 +615,9 @@ def _check_text(data: dict) -> str:
                       f"{api['endpoint']} (https: {cell(api['tls'])}, max connections "
                       f"{api['max_connections']}, per IP {api['max_connections_per_ip']})"))
     lines.append(line("metrics", data["metrics"] or "off"))
+    web = data["web"]
+    lines.append(line("web", "off" if web is None else
+                      f"{web['endpoint']} (https: {cell(web['tls'])})"))
     if tls is not None:
         state = "EXPIRED" if tls["expired"] else "expires"
         lines.append(line("tls", f"{tls['certificate']} ({state} {tls['expires']}), "

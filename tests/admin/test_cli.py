@@ -729,6 +729,7 @@ class ConfigCheckTests(CLITestCase):
         '[[listeners]]\nendpoint = "tcp:2525:interface=127.0.0.1"\n'
         '[http_api]\nendpoint = "tcp:8025:interface=127.0.0.1"\ntls = true\n'
         '[metrics]\nendpoint = "tcp:9091:interface=127.0.0.1"\n'
+        '[web]\nendpoint = "tcp:8080:interface=127.0.0.1"\n'
         '[relay]\nsmarthost = "smtp.provider.example:587"\nusername = "gw"\n'
         'password = "relay-secret"\n')
 
@@ -752,6 +753,8 @@ class ConfigCheckTests(CLITestCase):
             "endpoint": "tcp:8025:interface=127.0.0.1", "tls": True, "max_connections": 1000,
             "max_connections_per_ip": 50})
         self.assertEqual(data["metrics"], "tcp:9091:interface=127.0.0.1")
+        self.assertEqual(data["web"], {"endpoint": "tcp:8080:interface=127.0.0.1",
+                                       "tls": False})
         self.assertRegex(data["tls"].pop("expires"), ISO_RE)
         self.assertEqual(data["tls"], {
             "certificate": os.path.join(self.folder, "cert.pem"),
@@ -775,6 +778,7 @@ class ConfigCheckTests(CLITestCase):
         self.assertIn(f"database:        sqlite:{self.database} (schema version {LATEST}, "
                       "current)\n",
                       text)
+        self.assertIn("web:             tcp:8080:interface=127.0.0.1 (https: no)\n", text)
         self.assertIn("relay:           smarthost smtp.provider.example:587 (tls starttls, "
                       "certificate verified, AUTH as gw)\n", text)
         self.assertFalse(os.path.exists(os.path.join(self.folder, "spool")))
@@ -815,6 +819,9 @@ class ConfigCheckTests(CLITestCase):
         self.assertTrue(line.startswith("mailgw: listeners[1].endpoint: cannot use "
                                         "'tcp:587:interfce=0.0.0.0': "), line)
         self.assertIn("unexpected keyword argument 'interfce'", line)
+        self.write_config(CONFIG + '[web]\nendpoint = "tpc:8080"\n')
+        self.assertIn("mailgw: web.endpoint: cannot use 'tpc:8080': ",
+                      await self.error("config", "check"))
         self.write_config(CONFIG + '[metrics]\nendpoint = "tpc:9091"\n')
         self.assertIn("mailgw: metrics.endpoint: cannot use 'tpc:9091': ",
                       await self.error("config", "check"))
