@@ -178,6 +178,11 @@ class SignInTests(WebTestCase):
         text = self.log_text()
         self.assertIn('Authentication failure for 127.0.0.1 (web sign-in, user '
                       f'"{ANN}")', text)
+        from tests.web.test_api import fail2ban_pattern
+        lines = [ln for ln in text.splitlines() if "Authentication failure" in ln]
+        self.assertEqual(len(lines), 10)
+        for line in lines:  # each one a line fail2ban's shipped filter bans for
+            self.assertEqual(fail2ban_pattern().search(line).group("host"), "127.0.0.1")
         self.assertNotIn("wrong one!", text)
         self.assertNotIn(PASSWORD, text)
         samples = {s.labels.get("result"): s.value
