@@ -56,6 +56,17 @@ class BrowserCase(unittest.TestCase):
             atexit.register(cls.stop_shared)
             cls.start_shared()
         self.addCleanup(self._one_done)
+        self.addCleanup(self.evidence)
+
+    def evidence(self):
+        """The page each test ended on, screenshot and source, to read
+        when it failed."""
+        if getattr(self, "browser", None) is None:
+            return
+        name = os.path.join(self.shots, "last-" + self._testMethodName)
+        self.browser.save_screenshot(name + ".png")
+        with open(name + ".html", "w", encoding="utf-8") as f:
+            f.write(self.browser.page_source)
 
     @classmethod
     def _one_done(cls):
@@ -147,15 +158,21 @@ class BrowserCase(unittest.TestCase):
         self.click(self.find(f"{form} button[type=submit]"))
 
     def click(self, element):
-        """Click C{element} and wait until the page it leads to has loaded."""
-        from selenium.webdriver.support import expected_conditions
+        """Click C{element} and wait until the page it leads to has loaded:
+        the old page's window carries a mark, the new one does not. (Asking
+        whether the old page's elements went stale races with the document
+        being replaced: chromedriver may answer with another error.)"""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.wait import WebDriverWait
-        old = self.find("html")
+        self.browser.execute_script("window.mailgwOldPage = true;")
         element.click()
-        WebDriverWait(self.browser, WAIT, poll_frequency=0.05).until(
-            expected_conditions.staleness_of(old))
-        WebDriverWait(self.browser, WAIT, poll_frequency=0.05).until(
-            lambda b: b.execute_script("return document.readyState") == "complete")
+
+        def loaded(browser):
+            return browser.execute_script(
+                "return window.mailgwOldPage === undefined && "
+                "document.readyState === 'complete';")
+        WebDriverWait(self.browser, WAIT, poll_frequency=0.05,
+                      ignored_exceptions=(WebDriverException,)).until(loaded)
 
     def shot(self, name: str):
         self.browser.save_screenshot(os.path.join(self.shots, f"{name}.png"))
@@ -357,6 +374,8 @@ class MakeRunTests(BrowserCase):
         from mailgw.admin.devsetup import CONFIG_TEMPLATE
         from tests.e2e.test_startup import free_port
         cls.folder = os.path.abspath(tempfile.mkdtemp(prefix="make-run-", dir="."))
+        cls.shots = os.path.abspath("browser-screenshots")
+        os.makedirs(cls.shots, exist_ok=True)
         var = os.path.join(cls.folder, "var")
         os.makedirs(var)
         config = CONFIG_TEMPLATE

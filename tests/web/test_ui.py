@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.throttle import FailureThrottle
-from mailgw.config import AuthThrottleConfig, Config, ListenerConfig, WebConfig
+from mailgw.config import AuthThrottleConfig, Config, HTTPAPIConfig, ListenerConfig, WebConfig
 from mailgw.metrics import Metrics
 from mailgw.model import MessageEnvelope
 from mailgw.auth import passwords
@@ -54,7 +54,8 @@ class WebTestCase(unittest.TestCase):
             hostname="mx.example.test", web=WebConfig(endpoint="tcp:0"),
             listeners=(ListenerConfig(endpoint="tcp:587:interface=0.0.0.0", tls="starttls"),
                        ListenerConfig(endpoint="tcp:465", tls="implicit")),
-            auth_throttle=AuthThrottleConfig(max_failures=10))
+            auth_throttle=AuthThrottleConfig(max_failures=10),
+            http_api=HTTPAPIConfig(endpoint="tcp:8025:interface=127.0.0.1"))
         self.guard = AuthenticationGuard(FailureThrottle.from_config(
             reactor, self.config.auth_throttle))
         self.metrics = Metrics()
@@ -298,7 +299,8 @@ class TenancyTests(WebTestCase):
         answer = yield ann.get(base)
         self.assertIn("No credentials yet.", answer.text)
         for part in ("<code>mx.example.test</code>", "Port 587", "STARTTLS", "Port 465",
-                     "implicit TLS", "PLAIN, LOGIN, CRAM-MD5", ">acme/web<", ">acme_web<"):
+                     "implicit TLS", "PLAIN, LOGIN, CRAM-MD5", ">acme/web<", ">acme_web<",
+                     "POST http://mx.example.test:8025/api/v1/send/message"):
             self.assertIn(part, answer.text)
         answer = yield ann.post(base, {"type": "smtp", "name": "billing"})
         self.assertEqual(answer.location, base)

@@ -49,6 +49,8 @@ class WebSettings:
     #: the SMTP listeners' bound ports, in listener order (None: not bound),
     #: for listeners configured on port 0; or None
     bound_ports: object = None
+    #: the HTTP API's base URL, for api credentials; None: no [http_api]
+    api_url: str | None = None
 
     def shown_listeners(self) -> list[tuple]:
         """L{listeners} with the port each is bound to where known."""
@@ -61,15 +63,25 @@ class WebSettings:
         return shown
 
 
+def _api_url(config, host: str) -> str | None:
+    api = config.http_api
+    if api is None:
+        return None
+    m = re.match(r"^(?:tcp6?|ssl):(?:port=)?(\d+)", api.endpoint)
+    port = f":{m.group(1)}" if m else ""
+    return f"{'https' if api.tls else 'http'}://{host}{port}"
+
+
 def web_settings(config, bound_ports=None) -> WebSettings:
     listeners = []
     for listener in config.listeners:
         m = re.match(r"^(?:tcp6?|ssl):(?:port=)?(\d+)", listener.endpoint)
         listeners.append((int(m.group(1)) if m else listener.endpoint, listener.tls,
                           listener.requires_tls_for_auth))
+    host = config.web.smtp_host or config.hostname
     return WebSettings(secure=config.web.tls, session_lifetime=config.web.session_lifetime,
-                       smtp_host=config.web.smtp_host or config.hostname,
-                       listeners=tuple(listeners), dns=config.dns, bound_ports=bound_ports)
+                       smtp_host=host, listeners=tuple(listeners), dns=config.dns,
+                       bound_ports=bound_ports, api_url=_api_url(config, host))
 
 
 # -- organizations and servers --------------------------------------------------
@@ -186,7 +198,8 @@ async def credentials(web, visit):
         "org": org, "server": srv, "tab": "credentials", "credentials": found,
         "types": CREDENTIAL_TYPES, "mechanisms": MECHANISMS,
         "smtp_users": (f"{org.permalink}/{srv.permalink}", f"{org.permalink}_{srv.permalink}"),
-        "smtp_host": web.settings.smtp_host, "listeners": web.settings.shown_listeners()})
+        "smtp_host": web.settings.smtp_host, "listeners": web.settings.shown_listeners(),
+        "api_url": web.settings.api_url})
 
 
 def _network(text: str) -> str:
