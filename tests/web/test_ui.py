@@ -427,6 +427,58 @@ class TenancyTests(WebTestCase):
         self.assertEqual([e.token for e in (yield self.store.list_entries())], [held])
 
 
+class UsersPageTests(WebTestCase):
+    """An admin invites people without the command line."""
+
+    @defer.inlineCallbacks
+    def test_an_admin_adds_a_user_and_hands_over_a_link(self):
+        admin = yield self.signed_in(ADMIN)
+        page = yield admin.get("/users")
+        self.assertIn('href="/users"', page.text)
+        for email in (ADMIN, ANN, BOB):
+            self.assertIn(f"<td>{email}</td>", page.text)
+        body = yield admin.post("/users", {"email": "Cat@Acme.example", "organization": "acme"})
+        self.assertEqual(body.status, 200)
+        user = yield self.store.get_user("cat@acme.example")
+        self.assertEqual((user.admin, user.organizations, user.has_password),
+                         (False, ("acme",), False))
+        link = re.search(r'id="invite-link">(http://127\.0\.0\.1:\d+/set-password\?token='
+                         r'([A-Za-z0-9_-]{43}))</code>', body.text)
+        self.assertIsNotNone(link, body.text)
+        self.assertNotIn(link.group(2), self.log_text())
+        newcomer = self.client()
+        yield newcomer.get(link.group(1)[link.group(1).index("/set-password"):])
+        answer = yield newcomer.post("/set-password", {"token": link.group(2),
+                                                       "password": PASSWORD,
+                                                       "confirm": PASSWORD})
+        self.assertEqual(answer.location, "/login")
+        cat = yield self.signed_in("cat@acme.example")
+        page = yield cat.get("/orgs")
+        self.assertIn('href="/orgs/acme"', page.text)
+        # a new link for a forgotten password; the old sessions end once it is used
+        yield admin.get("/users")
+        body = yield admin.post(f"/users/{user.id}/link")
+        self.assertIn("was given a new set-password link", body.text)
+        # refusals
+        answer = yield admin.post("/users", {"email": "cat@acme.example"})
+        self.assertIn("already exists", (yield admin.get(answer.location)).text)
+        answer = yield admin.post("/users", {"email": "not an address"})
+        self.assertIn("not an e-mail address", (yield admin.get(answer.location)).text)
+        answer = yield admin.post("/users", {"email": "x@y.example", "organization": "nope"})
+        self.assertEqual(answer.status, 404)
+
+    @defer.inlineCallbacks
+    def test_only_admins_see_it(self):
+        ann = yield self.signed_in(ANN)
+        page = yield ann.get("/orgs")
+        self.assertNotIn('href="/users"', page.text)
+        self.assertEqual((yield ann.get("/users")).status, 404)
+        for path in ("/users", "/users/1/link"):
+            answer = yield ann.post(path, {"email": "evil@example.com", "admin": "on"})
+            self.assertEqual(answer.status, 404, path)
+        self.assertEqual(len((yield self.store.list_users())), 3)
+
+
 class IsolationTests(WebTestCase):
     """Bob (of beta) reaches nothing of acme's, whatever the URL names."""
 

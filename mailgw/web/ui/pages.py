@@ -51,6 +51,9 @@ class WebSettings:
     bound_ports: object = None
     #: the HTTP API's base URL, for api credentials; None: no [http_api]
     api_url: str | None = None
+    #: C{[web] public_url} and C{link_lifetime}, for the links of the users page
+    public_url: str = ""
+    link_lifetime: float = 86400.0
 
     def shown_listeners(self) -> list[tuple]:
         """L{listeners} with the port each is bound to where known."""
@@ -81,7 +84,9 @@ def web_settings(config, bound_ports=None) -> WebSettings:
     host = config.web.smtp_host or config.hostname
     return WebSettings(secure=config.web.tls, session_lifetime=config.web.session_lifetime,
                        smtp_host=host, listeners=tuple(listeners), dns=config.dns,
-                       bound_ports=bound_ports, api_url=_api_url(config, host))
+                       bound_ports=bound_ports, api_url=_api_url(config, host),
+                       public_url=config.web.public_url,
+                       link_lifetime=config.web.link_lifetime)
 
 
 # -- organizations and servers --------------------------------------------------

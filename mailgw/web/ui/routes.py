@@ -9,6 +9,7 @@ from mailgw.web.ui.pages import (
     organization_add, organization_suspend, organizations, server, server_add,
     server_settings, server_suspend,
 )
+from mailgw.web.ui.people import user_add, user_link, users
 from mailgw.web.ui.queue import message, message_action, messages
 from mailgw.web.ui.signin import (
     home, login, login_form, logout, set_password, set_password_form,
@@ -29,6 +30,9 @@ ROUTES = (
     route("POST", "/logout", logout),
     route("GET", "/set-password", set_password_form, login=False),
     route("POST", "/set-password", set_password, login=False),
+    route("GET", "/users", users),
+    route("POST", "/users", user_add),
+    route("POST", "/users/{user:int}/link", user_link),
     route("GET", "/orgs", organizations),
     route("POST", "/orgs", organization_add),
     route("GET", "/orgs/{org}", organization),
