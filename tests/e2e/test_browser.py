@@ -306,6 +306,9 @@ class BrowserTests(BrowserCase):
         self.click(self.find("nav.tabs a[href='" + base + "']"))
         self.assertEqual(self.title(), "Web app")
         self.shot("07-server-settings")
+        self.click(self.find("header a[href='/users']"))
+        self.assertIn(BOB, self.find("table.users").text)
+        self.shot("10-users")
 
     def test_another_organizations_user_sees_nothing_of_it(self):
         mailgw_cli(self.config, "--json", "org", "add", "hidden")
