@@ -351,6 +351,12 @@ class TenancyTests(WebTestCase):
         answer = yield ann.post(f"{base}/{domain.id}/check")
         self.assertEqual(answer.status, 200)
         self.assertIn("Missing", answer.text)
+        # the result is kept, as `mailgw domain check` keeps it, and shown again
+        page = yield ann.get(f"{base}/{domain.id}")
+        self.assertIn("What DNS says", page.text)
+        self.assertIn("DNS Missing", page.text)
+        page = yield ann.get(base)
+        self.assertIn(">Missing</span>", page.text)
         answer = yield ann.post(f"{base}/{domain.id}/verify")
         answer = yield ann.get(answer.location)
         self.assertIn("is not verified: publish the TXT record", answer.text)

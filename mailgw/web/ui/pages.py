@@ -15,6 +15,7 @@ and to the HTTP API at once.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -309,6 +310,9 @@ async def domain(web, visit, checks=None):
     srv, found = await _domain(web, visit)
     records = await commands.domain_dns(web.store, SimpleNamespace(
         domain=found.id, dns=web.settings.dns))
+    if checks is None:  # the last check kept (the periodic one, or a button's)
+        found, kept = await web.store.dns_check_result(found.id)
+        checks = json.loads(kept) if kept else None
     return Page("domain.html", {"server": srv, "org": None, "tab": "domains",
                                 "domain": found, "records": records.data,
                                 "checks": checks})
