@@ -92,6 +92,14 @@ class WebTestCase(unittest.TestCase):
         return "\n".join(formatEvent(e) or "" for e in self.logged)
 
 
+def _wrap_render(render, gone):
+    """C{render}, with C{gone} fired once the request's client has gone."""
+    def wrapped(request):
+        request.notifyFinish().addErrback(lambda f: gone.callback(None))
+        return render(request)
+    return wrapped
+
+
 class SignInTests(WebTestCase):
 
     @defer.inlineCallbacks
@@ -191,6 +199,32 @@ class SignInTests(WebTestCase):
                    if s.name.endswith("_total")}
         self.assertEqual(samples["failed"], 10)
         self.assertEqual(samples["locked_out"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_client_gone_before_its_answer_is_not_written_to(self):
+        import socket
+
+        from twisted.internet.task import deferLater
+        client = yield self.signed_in(ANN)
+        asked, held = [], defer.Deferred()
+        real = self.store.list_organizations
+        self.patch(self.store, "list_organizations",
+                   lambda: asked.append(1) or held.addCallback(lambda _: real()))
+        gone, sent = defer.Deferred(), defer.Deferred()
+        resource = self.port.factory.resource
+        resource.render = _wrap_render(resource.render, gone)
+        send = resource._send
+        resource._send = lambda visit, answer: (send(visit, answer), sent.callback(None))
+        raw = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        raw.sendall(b"GET /orgs HTTP/1.1\r\nHost: x\r\nCookie: "
+                    + f"{SESSION}={client.cookies[SESSION]}".encode() + b"\r\n\r\n")
+        while not asked:  # the page waits for the store
+            yield deferLater(reactor, 0.01, lambda: None)
+        raw.close()
+        yield gone  # the server saw the client go
+        held.callback(None)
+        yield sent  # the page's answer, which nobody reads
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     @defer.inlineCallbacks
     def test_an_unknown_address_is_a_failure_like_a_wrong_password(self):

@@ -92,6 +92,8 @@ class Visit:
     params: dict = field(default_factory=dict)
     form: dict = field(default_factory=dict)
     set_cookies: list = field(default_factory=list)
+    #: not empty once the client has gone (nothing is written then)
+    gone: list = field(default_factory=list)
 
     def field(self, name: str, default: str = "") -> str:
         return self.form.get(name, default).strip()
@@ -177,22 +179,27 @@ class WebInterface(Resource):
     def render(self, request):
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        d = defer.ensureDeferred(self._answer(request))
-        d.addErrback(self._crashed, request)
+        # a client that goes away before its answer is not written to
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+        d = defer.ensureDeferred(self._answer(request, gone))
+        d.addErrback(self._crashed, request, gone)
         return server.NOT_DONE_YET
 
-    def _crashed(self, failure, request):
+    def _crashed(self, failure, request, gone):
         log.failure("web: internal error on {path}", failure,
                     path=request.path.decode("latin-1"))
+        if gone:
+            return
         self._finish(request, 500, self.env.get_template("error.html").render(
             title="Internal error", message="Something went wrong; the log says what.",
             user=None, csrf="", notice=None))
 
-    async def _answer(self, request):
+    async def _answer(self, request, gone):
         path = request.path.decode("latin-1")
         if path.startswith("/static/") and request.method in (b"GET", b"HEAD"):
             return self._static(request, path[len("/static/"):])
-        visit = Visit(request, _client_ip(request), generate_token(8))
+        visit = Visit(request, _client_ip(request), generate_token(8), gone=gone)
         try:
             if not self.ready:
                 raise Refused(503, "not_ready", "The gateway is starting; try again shortly.")
@@ -283,6 +290,8 @@ class WebInterface(Resource):
 
     def _send(self, visit: Visit, answer) -> None:
         request = visit.request
+        if visit.gone:
+            return
         for value in visit.set_cookies:
             request.responseHeaders.addRawHeader(b"Set-Cookie", value)
         if isinstance(answer, Redirect):
