@@ -420,11 +420,13 @@ def _upgrade():
     yield Q("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
     yield Q("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
             "applied_at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch from now()))", None)
-    rows = yield Q("SELECT coalesce(max(version), 0) FROM schema_version")
-    current = rows[0][0]
+    # every shipped version not applied yet, in order: one added by a later
+    # change below a version applied already (work merged out of order) too
+    rows = yield Q("SELECT version FROM schema_version")
+    done = {r[0] for r in rows}
     applied = []
     for version, sql in schema_files("postgresql"):
-        if version <= current:
+        if version in done:
             continue
         for statement in split_statements(sql):
             yield Q(statement, None)

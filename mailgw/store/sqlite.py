@@ -226,11 +226,13 @@ def _upgrade():
     from mailgw.store.base import Q
     yield Q("CREATE TABLE IF NOT EXISTS schema_version "
             "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL DEFAULT (unixepoch()))")
-    rows = yield Q("SELECT coalesce(max(version), 0) FROM schema_version")
-    current = rows[0][0]
+    # every shipped version not applied yet, in order: one added by a later
+    # change below a version applied already (work merged out of order) too
+    rows = yield Q("SELECT version FROM schema_version")
+    done = {r[0] for r in rows}
     applied = []
     for version, sql in schema_files("sqlite"):
-        if version <= current:
+        if version in done:
             continue
         for statement in split_statements(sql):
             yield Q(statement)
