@@ -14,7 +14,6 @@ rather than an open store, and opens (and closes) the store itself.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -29,8 +28,7 @@ from mailgw.admin.output import (
     printable, relay_json, relay_text, server_json, table,
 )
 from mailgw.auth.throttle import throttle_key
-from mailgw.domains import checks, monitor
-from mailgw.domains.checks import spf_value
+from mailgw.domains import monitor, records
 from mailgw.interfaces import NotFound
 
 #: the settings C{server set} may change, as the store names them
@@ -158,18 +156,8 @@ async def domain_verify_dns(store, args) -> Output:
     the flag without looking."""
     if args.force:
         return await domain_verify(store, args)
-    # the token first: it fails for an unknown or ambiguous name
-    token = await store.domain_verification_token(args.domain)
-    name = await _domain_name(store, args.domain)
-    found = await args.lookup.txt(name)
-    check = checks.verification_status(found, token)
-    if check.status != checks.OK:
-        seen = (f"found {', '.join(repr(v) for v in check.found)}" if check.found
-                else "not found")
-        raise ValueError(f"{name} is not verified: publish the TXT record "
-                         f"\"{check.expected}\" at {name} ({seen})")
-    domain = await store.set_domain_verified(await _domain_id(store, args.domain), True)
-    return Output(domain_json(domain), f"verified {name}")
+    domain = await records.verify_through_dns(store, args.lookup, args.domain)
+    return Output(domain_json(domain), f"verified {domain.name}")
 
 
 async def domain_remove(store, args) -> Output:
@@ -212,37 +200,17 @@ async def domain_check(store, args) -> Output:
     """Each record C{domain dns} asks for, looked up: OK, Missing or Invalid
     with the value expected, as on Postal's DNS page. The result is kept as
     the periodic check keeps its own (C{domain list} shows it)."""
-    name, rows = await monitor.check_domain(store, args.lookup, args.dns, args.domain)
-    found, _ = await store.dns_check_result(args.domain)
-    await store.record_dns_check(found.id, time.time(), monitor.overall(rows),
-                                 json.dumps(rows))
+    rows = await monitor.check_and_keep(store, args.lookup, args.dns, args.domain)
     return _many(rows, CHECK_COLUMNS, "no records")
 
 
 async def domain_dns(store, args) -> Output:
-    # the token first: it fails for an unknown or ambiguous name
-    token = await store.domain_verification_token(args.domain)
-    keys = await store.dkim_keys(args.domain)
-    name = await _domain_name(store, args.domain)
-    dns = args.dns
-    records = [
-        {"purpose": "verification", "name": name, "type": "TXT",
-         "value": f"mailgw-verification {token}"},
-        {"purpose": "spf", "name": name, "type": "TXT", "value": spf_value(dns.spf_include)},
-    ]
-    for key in keys:
-        record = dkim_key_json(key)
-        records.append({"purpose": "dkim", "name": record["name"], "type": "TXT",
-                        "value": record["value"], "selector": key.selector,
-                        "retiring": key.retiring})
-    if dns.return_path_domain:
-        records.append({"purpose": "return_path", "name": f"psrp.{name}", "type": "CNAME",
-                        "value": dns.return_path_domain})
-    text = dns_records_text(records)
+    name, found, keys = await records.records_to_publish(store, args.dns, args.domain)
+    text = dns_records_text(found)
     if not keys:
         text += (f"\n; no DKIM key (the domain was added before mailgw made them): "
                  f"run `mailgw domain rotate-dkim {name}`")
-    return Output(records, text)
+    return Output(found, text)
 
 
 async def domain_rotate_dkim(store, args) -> Output:

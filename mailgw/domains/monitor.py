@@ -10,6 +10,7 @@ status C{Error}: it says nothing about what is published.
 from __future__ import annotations
 
 import json
+import time
 
 from twisted.application import service
 from twisted.internet import defer
@@ -66,6 +67,18 @@ def check_domain(store, lookup, dns_config, domain):
             (yield lookup.cname(rp)), dns_config.return_path_domain)))
     rows.append(row("mx", name, "MX", checks.mx_status((yield lookup.mx(name)))))
     return name, rows
+
+
+async def check_and_keep(store, lookup, dns_config, domain) -> list[dict]:
+    """L{check_domain} now, its result kept as the periodic check keeps its
+    own (C{mailgw domain check}, the web page's button).
+
+    @return: the rows.
+    """
+    _, rows = await check_domain(store, lookup, dns_config, domain)
+    found, _ = await store.dns_check_result(domain)
+    await store.record_dns_check(found.id, time.time(), overall(rows), json.dumps(rows))
+    return rows
 
 
 def overall(rows) -> str:

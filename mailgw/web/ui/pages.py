@@ -18,10 +18,10 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 from twisted.logger import Logger
 
+from mailgw.domains import monitor, records
 from mailgw.interfaces import NotFound
 from mailgw.model import CREDENTIAL_TYPES, SERVER_MODES, generate_key, \
     valid_permalink
@@ -306,35 +306,30 @@ async def _domain(web, visit):
 
 
 async def domain(web, visit, checks=None):
-    from mailgw.admin import commands  # the same records as `mailgw domain dns`
     srv, found = await _domain(web, visit)
-    records = await commands.domain_dns(web.store, SimpleNamespace(
-        domain=found.id, dns=web.settings.dns))
+    _, published, _ = await records.records_to_publish(web.store, web.settings.dns, found.id)
     if checks is None:  # the last check kept (the periodic one, or a button's)
         found, kept = await web.store.dns_check_result(found.id)
         checks = json.loads(kept) if kept else None
     return Page("domain.html", {"server": srv, "org": None, "tab": "domains",
-                                "domain": found, "records": records.data,
+                                "domain": found, "records": published,
                                 "checks": checks})
 
 
 async def domain_check(web, visit):
-    from mailgw.admin import commands  # the same checks as `mailgw domain check`
     srv, found = await _domain(web, visit)
     if web.lookup is None:
         raise Refused(503, "no_dns", "DNS look-ups are not available here.")
     try:
-        result = await commands.domain_check(web.store, SimpleNamespace(
-            domain=found.id, dns=web.settings.dns, lookup=web.lookup))
+        rows = await monitor.check_and_keep(web.store, web.lookup, web.settings.dns, found.id)
     except NotFound:
         raise
     except LookupError as e:  # the DNS server did not answer
         return Redirect(f"{base_path(srv)}/domains/{found.id}", str(e), error=True)
-    return await domain(web, visit, checks=result.data)
+    return await domain(web, visit, checks=rows)
 
 
 async def domain_verify(web, visit):
-    from mailgw.admin import commands  # as `mailgw domain verify [--force]`
     srv, found = await _domain(web, visit)
     force = "force" in visit.form
     back = f"{base_path(srv)}/domains/{found.id}"
@@ -343,8 +338,10 @@ async def domain_verify(web, visit):
     elif web.lookup is None:
         raise Refused(503, "no_dns", "DNS look-ups are not available here.")
     try:
-        await commands.domain_verify_dns(web.store, SimpleNamespace(
-            domain=found.id, id=found.id, force=force, verified=True, lookup=web.lookup))
+        if force:
+            await web.store.set_domain_verified(found.id, True)
+        else:
+            await records.verify_through_dns(web.store, web.lookup, found.id)
     except NotFound:
         raise
     except (ValueError, LookupError) as e:
