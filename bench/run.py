@@ -17,6 +17,8 @@ the second in the reverse order):
   (d') 2,000 idle connections past STARTTLS (information; the target is (d)'s)
   (e) the relay: 3,000 messages submitted as in (a) and relayed to a loopback
       sink, with DKIM signing and without (bench/relay.py); mailgw only
+  (f) the HTTP API: 5,000 POST /api/v1/send/raw of 10 kB from 50 keep-alive
+      connections (bench/api.py); mailgw only
 
 --variants also runs mailgw patched with bench/levers.py (what-if experiments).
 
@@ -47,7 +49,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from bench import haraka, load, relay, servers
+from bench import api, haraka, load, relay, servers
 
 MB = 1024 * 1024
 
@@ -65,6 +67,8 @@ class Scale:
     d_count: int = 5000
     d_tls_count: int = 2000
     e_messages: int = 3000
+    f_messages: int = 5000
+    f_seconds: float = 20.0
     warmup: int = 10
     #: seconds idle connections are left before the RSS is read
     settle: float = 1.5
@@ -76,10 +80,11 @@ class Scale:
 SCALES = {
     "full": Scale(),
     "quick": Scale(a_messages=3000, a_seconds=6, b_messages=1500, b_seconds=6,
-                   d_count=1000, d_tls_count=500, e_messages=1000),
+                   d_count=1000, d_tls_count=500, e_messages=1000, f_messages=1500,
+                   f_seconds=6),
     "smoke": Scale(clients=2, per_connection=2, a_messages=4, a_seconds=10, b_messages=2,
                    b_seconds=10, c_size=1 * MB, d_count=10, d_tls_count=4, e_messages=4,
-                   warmup=2, settle=0.2, rounds=1),
+                   f_messages=4, f_seconds=10, warmup=2, settle=0.2, rounds=1),
 }
 
 SCENARIOS = {
@@ -89,6 +94,7 @@ SCENARIOS = {
     "d": "(d) {d_count} idle",
     "d'": "(d') {d_tls_count} idle TLS",
     "e": "(e) relay, {e_messages} messages",
+    "f": "(f) HTTP API, {f_messages} messages",
 }
 
 
@@ -439,8 +445,8 @@ def parse_args(argv):
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smaller budgets")
     size.add_argument("--smoke", action="store_true", help="a handful of messages")
-    parser.add_argument("--scenarios", default="a,b,c,d,d',e",
-                        help="comma-separated of a,b,c,d,d',e (default: all)")
+    parser.add_argument("--scenarios", default="a,b,c,d,d',e,f",
+                        help="comma-separated of a,b,c,d,d',e,f (default: all)")
     parser.add_argument("--servers", default="mailgw,aiosmtpd,haraka",
                         help="comma-separated of mailgw,aiosmtpd,haraka (haraka is left "
                              "out, with a note, when npm cannot install it)")
@@ -472,7 +478,7 @@ def main(argv=None) -> int:
     folder = tempfile.mkdtemp(prefix="mailgw-bench-")
     print(f"bench: {machine()}", flush=True)
     print(f"bench: RLIMIT_NOFILE {nofile}; work folder {folder}", flush=True)
-    rows, relay_rows = [], []
+    rows, relay_rows, api_row = [], [], None
     try:
         cert, key_path = servers.write_certificate(folder)
         config = servers.write_mailgw_config(folder, cert, key_path)
@@ -481,7 +487,7 @@ def main(argv=None) -> int:
         processes = {"mailgw": lambda: servers.mailgw_process(folder, config),
                      "aiosmtpd": lambda: servers.baseline_process(folder, cert, key_path,
                                                                   password)}
-        if "haraka" in names and set(keys) - {"e"}:
+        if "haraka" in names and set(keys) - {"e", "f"}:
             path, why = haraka.executable()
             if path is None:
                 print(f"bench: going on without Haraka: {why}", flush=True)
@@ -497,7 +503,7 @@ def main(argv=None) -> int:
         labels = dict(clients=scale.clients, per_connection=scale.per_connection,
                       size_kb=scale.size // 1024, c_mb=scale.c_size // MB,
                       d_count=scale.d_count, d_tls_count=scale.d_tls_count,
-                      e_messages=scale.e_messages)
+                      e_messages=scale.e_messages, f_messages=scale.f_messages)
         def target_of(process):
             return load.Target(process.name, "127.0.0.1", process.port, password, context)
 
@@ -512,6 +518,15 @@ def main(argv=None) -> int:
                           f"{row['delivered']}/{row['messages']} delivered, "
                           f"{row['errors']} errors in {row['wall']:.1f} s", flush=True)
                     relay_rows.append(row)
+                continue
+            if key == "f":
+                api_row = api.run(folder, cert, key_path, clients=scale.clients,
+                                  messages=scale.f_messages, seconds=scale.f_seconds,
+                                  size=scale.size)
+                print(f"bench: (f) HTTP API: {api_row['messages']} msgs, {api_row['errors']} "
+                      f"errors in {api_row['wall']:.1f} s"
+                      + (f" ({'; '.join(api_row['error_samples'])})"
+                         if api_row["error_samples"] else ""), flush=True)
                 continue
             label = SCENARIOS[key].format(**labels)
             rounds = scale.rounds if key in ("a", "b") else 1
@@ -541,6 +556,9 @@ def main(argv=None) -> int:
     if relay_rows:
         print()
         print(relay.render(relay_rows))
+    if api_row is not None:
+        print()
+        print(api.render(api_row))
     print()
     results = targets(rows)
     for text, passed in results:
@@ -551,10 +569,11 @@ def main(argv=None) -> int:
                 dict({k: v for k, v in asdict(r).items() if k != "latencies"},
                      cpu_per_1000=r.cpu_per_1000, rss_growth_mb=r.rss_growth_mb,
                      rss_per_connection_kb=r.rss_per_connection_kb) for r in rows],
-                "relay": relay_rows,
+                "relay": relay_rows, "http_api": api_row,
                 "targets": [{"text": t, "passed": p} for t, p in results]}, f, indent=2)
     if args.smoke and (any(r.errors for r in rows) or any(
-            r["errors"] or r["delivered"] != r["messages"] for r in relay_rows)):
+            r["errors"] or r["delivered"] != r["messages"] for r in relay_rows)
+            or (api_row is not None and api_row["errors"])):
         return 1
     if args.strict and not all(p for _, p in results):
         return 1

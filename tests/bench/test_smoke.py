@@ -43,6 +43,9 @@ class BenchSmokeTest(unittest.TestCase):
                           for r in report["relay"]],
                          [(True, 4, 4, 4, 0), (False, 4, 4, 0, 0)], output)
         self.assertIn("| mailgw, DKIM on |", output)
+        # (f): every /send/raw answered success
+        self.assertEqual((report["http_api"]["messages"], report["http_api"]["errors"]), (4, 0),
+                         output)
         seen = {(row["scenario"][:4].strip(), row["server"]): row for row in rows}
         servers = ["mailgw", "aiosmtpd"]
         if ("(a)", "haraka") in seen:
