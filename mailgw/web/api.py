@@ -28,7 +28,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -36,7 +35,7 @@ from mailgw.auth.credentials import APIKey
 from mailgw.auth.guard import LockedOut
 from mailgw.config import HTTPAPIConfig
 from mailgw.interfaces import IAPIClient, NotFound, StoreError
-from mailgw.listeners import ListenerService, parse_endpoint
+from mailgw.listeners import ListenerService
 from mailgw.model import generate_token
 from mailgw.submission import (
     QUEUE_ID_LENGTH, CredentialGone, HeaderSectionTooLarge, LoopDetected, MalformedBody,
@@ -46,7 +45,7 @@ from mailgw.submission import (
 from mailgw.web.compose import (
     APIError, ParameterError, compose_message, parse_params, raw_submission, too_large,
 )
-from mailgw.web.limits import APISite, ConnectionCaps
+from mailgw.web.limits import APISite, http_listener
 from mailgw.web.messages import (
     describe_deliveries, describe_message, header_section, message_reference, needs,
     requested_expansions,
@@ -397,15 +396,8 @@ def api_listener_service(site, config, tls_options, reactor,
         connections are counted there), or None.
     """
     api = config.http_api
-    factory = site
-    if api.tls:
-        if tls_options is None:
-            raise ValueError("http_api.tls needs the [tls] certificate")
-        factory = TLSMemoryBIOFactory(tls_options, False, site)
-    factory = ConnectionCaps(factory, api.max_connections, api.max_connections_per_ip,
-                             metrics)
-    endpoint = parse_endpoint(reactor, api.endpoint, "http_api.endpoint")
-    https = "true" if api.tls else "false"
-    return ListenerService(endpoint, factory, api.endpoint, "http_api.endpoint",
-                           "HTTP API listening on {endpoint} at {host} port {port} "
-                           f"(https: {https})")
+    return http_listener(site, endpoint=api.endpoint, setting="http_api.endpoint",
+                         tls=api.tls, tls_options=tls_options,
+                         max_connections=api.max_connections,
+                         max_connections_per_ip=api.max_connections_per_ip,
+                         reactor=reactor, metrics=metrics, what="HTTP API")

@@ -30,8 +30,10 @@ from collections import Counter
 
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import http, server
 
+from mailgw.listeners import ListenerService, parse_endpoint
 from mailgw.web.compose import APIError
 
 log = Logger()
@@ -340,3 +342,26 @@ def _host(address) -> str:
     """The client address of an C{IAddress} ("" for one without a host, e.g. a
     Unix socket's)."""
     return getattr(address, "host", None) or ""
+
+
+def http_listener(site, *, endpoint: str, setting: str, tls: bool, tls_options,
+                  max_connections: int, max_connections_per_ip: int, reactor, metrics,
+                  what: str):
+    """The service serving C{site} on C{endpoint}: HTTPS with C{tls_options}
+    (the L{mailgw.tls.TLSOptions} SMTP uses, so a renewed certificate is
+    served to the next connection) when C{tls}; connections over the caps
+    closed before any TLS handshake (L{ConnectionCaps}).
+
+    @param setting: the config key of C{endpoint}, for errors (C{"web.endpoint"}).
+    @param what: the start of its "listening on" log line (C{"HTTP API"}).
+    @raise ValueError: C{tls} without C{tls_options}.
+    """
+    factory = site
+    if tls:
+        if tls_options is None:
+            raise ValueError(f"{setting.split('.')[0]}.tls needs the [tls] certificate")
+        factory = TLSMemoryBIOFactory(tls_options, False, site)
+    factory = ConnectionCaps(factory, max_connections, max_connections_per_ip, metrics)
+    return ListenerService(parse_endpoint(reactor, endpoint, setting), factory, endpoint,
+                           setting, what + " listening on {endpoint} at {host} port {port} "
+                           f"(https: {'true' if tls else 'false'})")

@@ -7,12 +7,11 @@ with the gateway's certificate when C{web.tls} is true.
 """
 from __future__ import annotations
 
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.iweb import IAccessLogFormatter
 from zope.interface import provider
 
-from mailgw.listeners import ListenerService, parse_endpoint
-from mailgw.web.limits import APISite, ConnectionCaps
+from mailgw.listeners import ListenerService
+from mailgw.web.limits import APISite, http_listener
 from mailgw.web.ui.app import WebInterface
 from mailgw.web.ui.pages import web_settings
 from mailgw.web.ui.routes import ROUTES
@@ -70,14 +69,7 @@ def web_listener_service(site, config, tls_options, reactor,
     """The service serving C{site} on C{config.web.endpoint}, as HTTPS with
     C{tls_options} (the gateway's L{mailgw.tls.TLSOptions}) when C{web.tls}."""
     web = config.web
-    factory = site
-    if web.tls:
-        if tls_options is None:
-            raise ValueError("web.tls needs the [tls] certificate")
-        factory = TLSMemoryBIOFactory(tls_options, False, site)
-    factory = ConnectionCaps(factory, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, metrics)
-    endpoint = parse_endpoint(reactor, web.endpoint, "web.endpoint")
-    https = "true" if web.tls else "false"
-    return ListenerService(endpoint, factory, web.endpoint, "web.endpoint",
-                           "web interface listening on {endpoint} at {host} port {port} "
-                           f"(https: {https})")
+    return http_listener(site, endpoint=web.endpoint, setting="web.endpoint", tls=web.tls,
+                         tls_options=tls_options, max_connections=MAX_CONNECTIONS,
+                         max_connections_per_ip=MAX_CONNECTIONS_PER_IP, reactor=reactor,
+                         metrics=metrics, what="web interface")
