@@ -21,7 +21,7 @@ from pathlib import Path
 __all__ = [
     "Config", "ConfigError", "DatabaseConfig", "ListenerConfig", "LimitsConfig",
     "TLSConfig", "AuthThrottleConfig", "RelayConfig", "HTTPAPIConfig", "MetricsConfig", "WebConfig",
-    "DNSConfig",
+    "DNSConfig", "WebhooksConfig",
     "load_config", "parse_config",
 ]
 
@@ -264,6 +264,39 @@ class DNSConfig:
     check_interval: float = field(default=3600.0, metadata=_check(_non_negative))
 
 
+def _delays(values):
+    if not all(v > 0 for v in values):
+        return "every delay must be greater than 0"
+    return None
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Sending webhook requests from the outbox (docs/webhooks.md)."""
+    #: send this node's share of the outbox (several nodes may share a database)
+    enabled: bool = True
+    #: let webhook URLs reach loopback, private, link-local and this node's
+    #: own addresses (refused by default: a tenant chooses the URL)
+    allow_private_addresses: bool = False
+    #: seconds to wait before each retry after a failed attempt; one attempt
+    #: more than there are delays, then the request is failed (Postal's schedule)
+    retry_delays: tuple[float, ...] = field(default=(120.0, 180.0, 360.0, 600.0, 900.0),
+                                            metadata=_check(_delays))
+    #: seconds an attempt may take, connection and answer included
+    timeout: float = field(default=5.0, metadata=_check(_positive))
+    #: requests sent at once by this node
+    concurrency: int = field(default=10, metadata=_check(_positive))
+    #: seconds between looks at the outbox when idle
+    poll_interval: float = field(default=2.0, metadata=_check(_positive))
+    #: seconds a claimed request stays with this node if it dies mid-request
+    lease: float = field(default=60.0, metadata=_check(_positive))
+    #: days delivered and failed requests (and their attempts) are kept
+    retention_days: float = field(default=7.0, metadata=_check(_positive))
+    #: PEM file of extra certificate authorities to trust for https URLs
+    #: (besides the system's); empty: the system's only
+    ca_certificates: str = field(default="", metadata=_path())
+
+
 @dataclass(frozen=True)
 class Config:
     #: the name in the greeting, Received headers and CRAM-MD5 challenges
@@ -282,6 +315,7 @@ class Config:
     #: no [web] table: no web interface
     web: WebConfig | None = None
     dns: DNSConfig = field(default_factory=DNSConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     #: seconds in-flight transactions get to finish on shutdown
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
     #: the file this came from (None when built in code)

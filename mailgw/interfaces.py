@@ -466,7 +466,99 @@ class IUsers(Interface):
         with L{NotFound} (no such link, used, or expired)."""
 
 
-class IStore(IDirectory, IQueue, IAdmin, IRelayQueue, IUsers):
+class IWebhookStore(Interface):
+    """A server's webhooks and the durable outbox of their requests
+    (docs/webhooks.md). Events are written by the transactions that cause
+    them (the relay's settles, the enqueue of a held message); a node claims
+    due requests with a lease, as the relay claims queue entries."""
+
+    def add_webhook(server, url, name="", events=(), all_events=False):
+        """A new, enabled webhook of C{server} (an C{(org, server)} pair).
+
+        @param events: Postal event names (L{mailgw.webhooks.payloads.EVENTS}).
+        @return: Deferred firing with the L{mailgw.model.Webhook}.
+        @raise NotFound: no such server. @raise ValueError: an unknown event,
+            or neither events nor C{all_events}.
+        """
+
+    def list_webhooks(server=None):
+        """@return: Deferred firing with the L{mailgw.model.Webhook}s (of
+        C{server}), by id."""
+
+    def get_webhook(ref):
+        """The webhook whose id (an int) or uuid (a str) is C{ref}.
+
+        @return: Deferred firing with a L{mailgw.model.Webhook}.
+        @raise NotFound: none.
+        """
+
+    def set_webhook_enabled(ref, enabled):
+        """@return: Deferred firing with the updated L{mailgw.model.Webhook};
+        a disabled webhook gets no new requests (pending ones are still sent)."""
+
+    def remove_webhook(ref):
+        """Remove a webhook with its requests and their attempts.
+
+        @return: Deferred firing with the removed L{mailgw.model.Webhook}.
+        """
+
+    def trigger_webhook(server_id, event, payload):
+        """Write C{event} with C{payload} (a JSON-able dict) for each enabled
+        webhook of the server that wants it.
+
+        @return: Deferred firing with the number of requests written.
+        """
+
+    def claim_webhook_requests(node_id, now, lease, limit):
+        """Claim up to C{limit} due pending requests for C{node_id} until
+        C{now + lease}; concurrent nodes claim disjoint sets.
+
+        @return: Deferred firing with L{mailgw.model.WebhookRequest}s.
+        """
+
+    def renew_webhook_leases(node_id, request_ids, until):
+        """@return: Deferred firing with how many leases of C{node_id} now run
+        until C{until}."""
+
+    def release_webhook_leases(node_id, request_ids):
+        """Give claimed requests back at once (a stop).
+
+        @return: Deferred firing with how many were given back.
+        """
+
+    def settle_webhook_request(request_id, node_id, attempt, next_attempt_at=None):
+        """Record C{attempt} (a L{mailgw.model.WebhookAttempt}); the request
+        becomes delivered (a 2xx), pending again until C{next_attempt_at}, or
+        failed (C{None}: no retry left) — if C{node_id} still holds it.
+
+        @return: Deferred firing with whether it did.
+        """
+
+    def list_webhook_requests(server=None, webhook=None, status=None, limit=None):
+        """The outbox, newest first, with each request's attempts.
+
+        @return: Deferred firing with C{[(WebhookRequest, (WebhookAttempt,
+            ...)), ...]}.
+        """
+
+    def webhook_outbox_counts():
+        """@return: Deferred firing with C{{status: requests}}."""
+
+    def prune_webhook_requests(before):
+        """Delete delivered and failed requests last changed before C{before}.
+
+        @return: Deferred firing with how many went.
+        """
+
+    def webhook_signing_key():
+        """The platform's webhook signing key (PKCS#8 PEM), generated and
+        stored on first use; every node gets the same one.
+
+        @return: Deferred firing with the PEM text.
+        """
+
+
+class IStore(IDirectory, IQueue, IAdmin, IRelayQueue, IUsers, IWebhookStore):
     """One engine (SQLite or PostgreSQL) behind every store interface."""
 
     engine = Attribute("'sqlite' or 'postgresql'")

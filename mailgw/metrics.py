@@ -49,6 +49,13 @@ class Metrics:
                                    ["status"], registry=r)
         self.relay = Counter("mailgw_relay_deliveries", "Relay delivery attempts by outcome",
                              ["outcome"], registry=r)
+        self.webhooks = Counter(
+            "mailgw_webhook_deliveries", "Webhook request attempts by outcome (delivered, "
+            "retry, failed) and requests refused before sending (refused)", ["outcome"],
+            registry=r)
+        self.webhook_outbox = Gauge("mailgw_webhook_outbox",
+                                    "Webhook requests in the outbox by status", ["status"],
+                                    registry=r)
         self.http_refused_connections = Counter(
             "mailgw_http_refused_connections",
             "HTTP API connections closed at connect by a connection cap", ["reason"],
@@ -218,3 +225,19 @@ class TimedStore:
     user_token = _timed("user_token")
     remove_user_token = _timed("remove_user_token")
     set_password_with_token = _timed("set_password_with_token")
+
+    # IWebhookStore
+    add_webhook = _timed("add_webhook")
+    list_webhooks = _timed("list_webhooks")
+    get_webhook = _timed("get_webhook")
+    set_webhook_enabled = _timed("set_webhook_enabled")
+    remove_webhook = _timed("remove_webhook")
+    trigger_webhook = _timed("trigger_webhook")
+    claim_webhook_requests = _timed("claim_webhook_requests")
+    renew_webhook_leases = _timed("renew_webhook_leases")
+    release_webhook_leases = _timed("release_webhook_leases")
+    settle_webhook_request = _timed("settle_webhook_request")
+    list_webhook_requests = _timed("list_webhook_requests")
+    webhook_outbox_counts = _timed("webhook_outbox_counts")
+    prune_webhook_requests = _timed("prune_webhook_requests")
+    webhook_signing_key = _timed("webhook_signing_key")

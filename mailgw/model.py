@@ -217,3 +217,57 @@ class UserToken:
     purpose: str
     expires_at: float
     csrf_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A server's webhook (docs/webhooks.md): where its events are sent, and
+    which: C{all_events}, or the Postal event names in C{events}."""
+    id: int
+    uuid: str
+    server_id: int
+    #: "org/server", for display
+    server: str
+    name: str
+    url: str
+    all_events: bool
+    events: tuple[str, ...]
+    enabled: bool
+    created_at: float
+    last_used_at: float | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """One event for one webhook in the outbox: C{body} is what is sent and
+    signed. C{status} is "pending" until it is "delivered" or "failed"
+    (every retry used)."""
+    id: int
+    uuid: str
+    webhook_id: int
+    server: str
+    event: str
+    url: str
+    body: bytes
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One try at sending a webhook request: the HTTP status the receiver
+    answered (C{None} when none answered) or the error, and whether it was
+    to be retried."""
+    request_id: int
+    attempted_at: float
+    status_code: int | None
+    error: str | None
+    will_retry: bool
+    node: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300

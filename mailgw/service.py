@@ -35,6 +35,7 @@ from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
+from mailgw.relay.destinations import node_addresses
 from mailgw.relay.service import RelayService
 from mailgw.store import open_store
 from mailgw.store.base import schema_files
@@ -44,6 +45,7 @@ from mailgw.submission import CoreSettings, SubmissionCore
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.health import health_site
+from mailgw.webhooks.service import WebhookService
 
 log = Logger()
 
@@ -179,6 +181,16 @@ class GatewayService(service.MultiService):
                                       stop_grace=config.shutdown_grace)
             self.directory.after_enqueue = self.relay.wake
             self.relay.setServiceParent(self.after_store)
+        self.webhooks = None
+        if config.webhooks.enabled:
+            # this node's own addresses are refused like loopback (looked up
+            # once, here, as the relay does)
+            own = frozenset() if config.webhooks.allow_private_addresses else \
+                node_addresses()
+            self.webhooks = WebhookService(self.store, config.webhooks, reactor,
+                                           hostname=config.hostname, metrics=self.metrics,
+                                           own=own)
+            self.webhooks.setServiceParent(self.after_store)
 
     def _web_listener(self) -> ListenerService:
         """The web interface (docs/web.md) on the same store and guard as

@@ -247,6 +247,8 @@ def _enqueue(envelope, body, now):
             "RETURNING id",
             (message_id, rcpt, envelope.status, envelope.hold_reason, now, now, now))
         ids[rcpt] = rows[0][0]
+    if envelope.status == "held":
+        yield from _webhooks.held_events(list(ids.values()), envelope.hold_reason, now)
     return ids
 
 
@@ -720,12 +722,22 @@ def _settle(entry_id, node_id, attempt, status, next_attempt_at, hold_reason=Non
     return bool(rows)
 
 
+# Each settle writes its webhook event (docs/webhooks.md) in its own
+# transaction: the event is in the outbox exactly when the outcome is.
+
 def _mark_sent(entry_id, node_id, attempt):
-    return (yield from _settle(entry_id, node_id, attempt, "sent", None))
+    settled = yield from _settle(entry_id, node_id, attempt, "sent", None)
+    if settled:
+        yield from _webhooks.delivery_event(entry_id, "MessageSent", attempt)
+    return settled
 
 
 def _mark_retry(entry_id, node_id, attempt, next_attempt_at):
-    return (yield from _settle(entry_id, node_id, attempt, "queued", next_attempt_at))
+    settled = yield from _settle(entry_id, node_id, attempt, "queued", next_attempt_at)
+    if settled:
+        yield from _webhooks.delivery_event(entry_id, "MessageDelayed", attempt,
+                                            retry_at=next_attempt_at)
+    return settled
 
 
 def _mark_held(entry_id, node_id, attempt, reason):
@@ -734,9 +746,12 @@ def _mark_held(entry_id, node_id, attempt, reason):
 
 def _mark_failed(entry_id, node_id, attempt, bounce):
     settled = yield from _settle(entry_id, node_id, attempt, "failed", None)
+    if settled:
+        yield from _webhooks.delivery_event(entry_id, "MessageDeliveryFailed", attempt)
     if settled and bounce is not None:
         envelope, body = bounce
-        yield from _enqueue(envelope, body, attempt.attempted_at)
+        ids = yield from _enqueue(envelope, body, attempt.attempted_at)
+        yield from _webhooks.bounce_event(entry_id, ids, attempt.attempted_at)
     return settled
 
 
@@ -1276,3 +1291,5 @@ class Store:
 
 # at the end: mailgw.store.users builds on this module's Q
 from mailgw.store import users  # noqa: E402
+# last too: it builds on the statements above (and base.py's settles call it)
+from mailgw.store import webhooks as _webhooks  # noqa: E402

@@ -39,6 +39,7 @@ from txpostgres.psycopg2_impl import psycopg2
 
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Q, Store, schema_files, split_statements
+from mailgw.store.webhooks import WebhookOperations
 
 #: seconds a call may take before it fails with StoreUnavailable, when the
 #: caller does not say (the gateway passes C{database.store_timeout})
@@ -339,7 +340,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
-class PostgresStore(Store):
+class PostgresStore(WebhookOperations, Store):
     """The store on PostgreSQL, over a pool of asynchronous connections."""
 
     engine = "postgresql"

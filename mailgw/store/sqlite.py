@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Store, schema_files, split_statements
 from mailgw.store.files import private_directory, private_file, tighten
+from mailgw.store.webhooks import WebhookOperations
 
 log = Logger()
 
@@ -90,7 +91,7 @@ def _drive_batch(cursor, batch, busy_ms: int):
     return results  # adbapi commits; only then does any caller hear back
 
 
-class SQLiteStore(Store):
+class SQLiteStore(WebhookOperations, Store):
     """The store on one SQLite file: a writer thread that commits queued
     writes in batches, and a few reader threads."""
 

@@ -1,0 +1,149 @@
+"""Where a webhook may be sent (docs/webhooks.md, "Private addresses").
+
+A webhook's URL is chosen by a tenant; unchecked, the gateway would make
+HTTP requests of the tenant's choosing to services that trust local peers:
+loopback, private networks (RFC 1918, RFC 4193), link-local (cloud metadata
+services live at 169.254.169.254), this node's own addresses and anything
+else that is not globally reachable. Such URLs are refused when a webhook
+is added and again when each request is sent: the host name is resolved,
+every address it has is checked, and the request connects to the address
+that was checked (never resolving the name a second time, which a DNS
+answer with a short TTL could point elsewhere). C{[webhooks]
+allow_private_addresses = true} lifts the check.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, threads
+
+from mailgw.relay.destinations import is_local, parse
+
+
+class RefusedURL(ValueError):
+    """A webhook URL that may not be used; the text says why."""
+
+
+class Unresolvable(Exception):
+    """A webhook's host name has no address now (a DNS failure may pass:
+    the request is retried)."""
+
+
+@dataclass(frozen=True)
+class WebhookURL:
+    """A webhook URL taken apart: C{scheme} (http or https), C{host} (a
+    name, or an address without brackets) and C{port}."""
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+
+def parse_url(url: str) -> WebhookURL:
+    """C{url} checked for form: http or https, a host, no credentials.
+
+    @raise RefusedURL: otherwise.
+    """
+    if not isinstance(url, str) or any(c.isspace() for c in url) or not url.isascii():
+        raise RefusedURL(f"invalid webhook URL {url!r}: use an http:// or https:// URL "
+                         "without spaces (IDNA-encode a non-ASCII host name)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise RefusedURL(f"invalid webhook URL {url!r}: the scheme must be http or https")
+    if parts.username is not None or parts.password is not None:
+        raise RefusedURL("invalid webhook URL: credentials in the URL would be shown by "
+                         "`webhook list` and in logs; verify the signature instead")
+    try:
+        port = parts.port
+    except ValueError:
+        raise RefusedURL(f"invalid webhook URL {url!r}: bad port") from None
+    host = parts.hostname
+    if not host:
+        raise RefusedURL(f"invalid webhook URL {url!r}: it has no host")
+    return WebhookURL(url, parts.scheme, host,
+                      port or (443 if parts.scheme == "https" else 80))
+
+
+def refusal(address, own=frozenset()) -> str | None:
+    """Why connecting to C{address} is refused, or C{None} when it may be used.
+
+    @param own: this node's addresses (L{mailgw.relay.destinations.node_addresses}).
+    """
+    ip = parse(address)
+    if ip is None:
+        return f"{address} is not an address"
+    if is_local(ip, own):
+        return f"{ip} is a local address (loopback, link-local, multicast or this node's)"
+    if not ip.is_global:
+        return f"{ip} is a private or reserved address"
+    return None
+
+
+def literal(host: str):
+    """The address C{host} spells, or C{None} for a host name."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _lookup(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise Unresolvable(f"cannot resolve {host}: {e}") from None
+    seen = []
+    for info in infos:
+        address = info[4][0]
+        if address not in seen:
+            seen.append(address)
+    if not seen:
+        raise Unresolvable(f"cannot resolve {host}: no address")
+    return seen
+
+
+def choose(host: str, addresses, allow_private: bool, own=frozenset()) -> str:
+    """The address to connect to, of those C{host} resolved to.
+
+    @raise RefusedURL: one of them is refused (a name with one private
+        address is refused whole: which one a client gets is the DNS
+        server's choice, not ours).
+    """
+    addresses = list(addresses)
+    if not allow_private:
+        for address in addresses:
+            why = refusal(address, own)
+            if why is not None:
+                named = "" if literal(host) is not None else f"{host} resolves to "
+                raise RefusedURL(f"webhook destination refused: {named}{why} "
+                                 "([webhooks] allow_private_addresses is false)")
+    return addresses[0]
+
+
+def check_now(target: WebhookURL, allow_private: bool, own=frozenset()) -> str:
+    """Resolve and check C{target} now, blocking (the command line).
+
+    @return: the address a request would connect to.
+    @raise RefusedURL: it is refused.
+    @raise Unresolvable: it has no address now.
+    """
+    if literal(target.host) is not None:
+        return choose(target.host, [target.host], allow_private, own)
+    return choose(target.host, _lookup(target.host, target.port), allow_private, own)
+
+
+def check_later(target: WebhookURL, allow_private: bool, own=frozenset()):
+    """L{check_now} in a thread (the look-up blocks).
+
+    @return: Deferred firing with the address, or failing with L{RefusedURL}.
+    """
+    if literal(target.host) is not None:
+        try:
+            return defer.succeed(choose(target.host, [target.host], allow_private,
+                                                own))
+        except RefusedURL:
+            return defer.fail()
+    return threads.deferToThread(check_now, target, allow_private, own)
