@@ -1,5 +1,5 @@
 """The ``mailgw`` operator command: organizations, servers, domains,
-credentials, the queue, the failure throttle's lock-outs and the schema, read
+credentials, the queue, webhooks, the failure throttle's lock-outs and the schema, read
 from and written to the store named by the same config file the gateway runs
 with; and ``config check``, which checks that config as the gateway would use
 it.
@@ -21,7 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from mailgw.admin import commands as c
+from mailgw.admin import commands as c, webhooks
 from mailgw.admin.output import Output
 from mailgw.config import ConfigError, load_config
 from mailgw.interfaces import StoreUnavailable
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     _throttle_verbs(nouns.noun("throttle", "authentication failure lock-outs"))
     from mailgw.admin.users import add_user_verbs
     add_user_verbs(nouns.noun("user", "users of the web interface"))
+    webhooks.add_verbs(nouns.noun("webhook", "webhooks: Postal's events, signed, to a "
+                                             "server's URLs"), positive_int)
     return parser
 
 
@@ -409,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dns = config.dns
         # and `user add --link` links to the web interface
         args.web = config.web
+        # and `webhook add` checks URLs as the gateways will
+        args.webhooks = config.webhooks
         check_arguments(args)
     except EXPECTED as e:
         return fail(e)

@@ -68,17 +68,18 @@ def parse_url(url: str) -> WebhookURL:
 
 
 def refusal(address, own=frozenset()) -> str | None:
-    """Why connecting to C{address} is refused, or C{None} when it may be used.
+    """Why connecting to C{address} is refused (what kind of address it
+    is), or C{None} when it may be used.
 
     @param own: this node's addresses (L{mailgw.relay.destinations.node_addresses}).
     """
     ip = parse(address)
     if ip is None:
-        return f"{address} is not an address"
+        return "not an address"
     if is_local(ip, own):
-        return f"{ip} is a local address (loopback, link-local, multicast or this node's)"
+        return "a local address (loopback, link-local, multicast or this node's)"
     if not ip.is_global:
-        return f"{ip} is a private or reserved address"
+        return "a private or reserved address"
     return None
 
 
@@ -117,8 +118,9 @@ def choose(host: str, addresses, allow_private: bool, own=frozenset()) -> str:
         for address in addresses:
             why = refusal(address, own)
             if why is not None:
-                named = "" if literal(host) is not None else f"{host} resolves to "
-                raise RefusedURL(f"webhook destination refused: {named}{why} "
+                what = (f"{address} is {why}" if literal(host) is not None
+                        else f"{host} resolves to {address}, {why}")
+                raise RefusedURL(f"webhook destination refused: {what} "
                                  "([webhooks] allow_private_addresses is false)")
     return addresses[0]
 
