@@ -1,0 +1,224 @@
+"""End to end: the real ``twistd -n mailgw`` sends Postal's webhooks to a real
+HTTPS receiver in the test's reactor, signed with the key ``mailgw webhook
+key`` prints, for what its relay does with the mail (delivered, delayed then
+delivered, failed with a bounce) and for mail held at acceptance
+(development mode); a receiver that is down gets its request once it is
+back, after a restart of the gateway; two nodes on one PostgreSQL send each
+request once.
+
+One gateway serves all the scenarios of a class: its start is the slow part.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import smtplib
+
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import defer, reactor, task, threads
+
+from tests.e2e.gateway import Gateway, mailgw_cli
+from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
+from tests.relay.sink import Sink
+from tests.webhooks.receiver import (
+    BOUNCE_KEYS, DELIVERY_KEYS, MESSAGE_KEYS, Receiver, verify,
+)
+
+#: how long a test waits for the gateway to do something
+SETTLE_TIMEOUT = 30.0
+
+
+class WebhookGatewayBase(GatewayTestBase):
+    """A gateway relaying to the sink, whose webhooks go to the receiver."""
+
+    retry_delays = "[1.0, 1.0, 1.0]"
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.receiver = Receiver(folder)
+        self.receiver.listen(self)
+        self.sink = Sink()
+        port = self.sink.listen(self)
+        self.config_tables = "\n".join([
+            "[relay]", "enabled = true", f'smarthost = "127.0.0.1:{port}"', 'tls = "none"',
+            "poll_interval = 0.2", "retry_base = 1.0", "retry_max = 2.0",
+            "[webhooks]", "allow_private_addresses = true", "poll_interval = 0.2",
+            f"retry_delays = {self.retry_delays}",
+            f'ca_certificates = "{self.receiver.ca_path}"'])
+        yield GatewayTestBase.setUp(self)
+        yield self.webhooks_started(self.gateway)
+
+    def cli(self, *args, raw=False):
+        return threads.deferToThread(mailgw_cli, self.config, *args, raw=raw)
+
+    def submit(self, rcpts=("user@dest.example",), key=None):
+        def send():
+            client = smtplib.SMTP("127.0.0.1", self.gateway.port(), timeout=30)
+            try:
+                client.login("anyone", key or self.key)
+                client.mail("app@good.example")
+                for rcpt in rcpts:
+                    client.rcpt(rcpt)
+                code, text = client.data(MESSAGE)
+                client.quit()
+            finally:
+                client.close()
+            self.assertEqual(code, 250)
+            return QUEUED.match(text.decode()).group(1)
+        return threads.deferToThread(send)
+
+    @defer.inlineCallbacks
+    def webhooks_started(self, gateway):
+        deadline = reactor.seconds() + SETTLE_TIMEOUT
+        while not re.search(r"webhooks \S+ started", gateway.log()):
+            self.assertLess(reactor.seconds(), deadline,
+                            "the webhook service did not start:\n" + gateway.log()[-3000:])
+            yield task.deferLater(reactor, 0.1, lambda: None)
+
+    @defer.inlineCallbacks
+    def add_webhook(self, *events):
+        chosen = ["--events", *events] if events else ["--all-events"]
+        webhook = yield self.cli("webhook", "add", "acme/web", self.receiver.url, *chosen,
+                                 "--json")
+        self.assertEqual((webhook["url"], webhook["enabled"]), (self.receiver.url, True))
+        return webhook
+
+    def public_key(self):
+        return self.cli("webhook", "key", raw=True)
+
+    def assert_delivery_shape(self, hit, event, status, token, rcpt):
+        body = hit.json
+        self.assertEqual(set(body), {"event", "timestamp", "payload", "uuid"})
+        self.assertEqual(body["event"], event)
+        self.assertEqual(set(body["payload"]), DELIVERY_KEYS)
+        self.assertEqual(body["payload"]["status"], status)
+        message = body["payload"]["message"]
+        self.assertEqual(set(message), MESSAGE_KEYS)
+        self.assertEqual((message["token"], message["to"], message["from"],
+                          message["direction"], message["subject"]),
+                         (token, rcpt, "app@good.example", "outgoing", "e2e"))
+        self.assertIsInstance(message["id"], int)
+        self.assertEqual(hit.header("content-type"), "application/json")
+
+
+class WebhookScenarioTests(WebhookGatewayBase):
+    """Delivered, delayed then delivered, failed with a bounce, held."""
+
+    @defer.inlineCallbacks
+    def test_each_event_signed_and_shaped_as_postal(self):
+        yield self.add_webhook()  # all events
+        public_pem = yield self.public_key()
+        self.assertTrue(public_pem.startswith(b"-----BEGIN PUBLIC KEY-----\n"), public_pem)
+        key = serialization.load_pem_public_key(public_pem)
+        kid = hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.PKCS1)).hexdigest()
+
+        # delivered
+        token = yield self.submit()
+        [sent] = yield self.receiver.wait_for_event("MessageSent", token)
+        verify(public_pem, sent)
+        self.assertEqual(sent.header("x-postal-signature-kid"), kid)
+        self.assert_delivery_shape(sent, "MessageSent", "Sent", token, "user@dest.example")
+        self.assertEqual(sent.json["payload"]["output"], "250 2.0.0 Ok: queued")
+
+        # a temporary failure, then delivered
+        self.sink.data_replies.append(b"451 4.3.0 try again later")
+        token = yield self.submit()
+        [delayed] = yield self.receiver.wait_for_event("MessageDelayed", token)
+        [sent] = yield self.receiver.wait_for_event("MessageSent", token)
+        for hit in (delayed, sent):
+            verify(public_pem, hit)
+        self.assert_delivery_shape(delayed, "MessageDelayed", "SoftFail", token,
+                                   "user@dest.example")
+        self.assertEqual(delayed.json["payload"]["output"], "451 4.3.0 try again later")
+        self.assert_delivery_shape(sent, "MessageSent", "Sent", token, "user@dest.example")
+        self.assertEqual(delayed.json["payload"]["message"]["id"],
+                         sent.json["payload"]["message"]["id"])
+
+        # a permanent failure: failed, and bounced to the sender
+        self.sink.rcpt_replies["gone@dest.example"] = b"550 5.1.1 no such user"
+        token = yield self.submit(rcpts=("gone@dest.example",))
+        [failed] = yield self.receiver.wait_for_event("MessageDeliveryFailed", token)
+        [bounced] = yield self.receiver.wait_for_event("MessageBounced", token)
+        verify(public_pem, failed)
+        verify(public_pem, bounced)
+        self.assert_delivery_shape(failed, "MessageDeliveryFailed", "HardFail", token,
+                                   "gone@dest.example")
+        self.assertEqual(failed.json["payload"]["output"], "550 5.1.1 no such user")
+        payload = bounced.json["payload"]
+        self.assertEqual(set(payload), BOUNCE_KEYS)
+        self.assertEqual(set(payload["original_message"]), MESSAGE_KEYS)
+        self.assertEqual(set(payload["bounce"]), MESSAGE_KEYS)
+        self.assertEqual(payload["original_message"]["to"], "gone@dest.example")
+        self.assertEqual((payload["bounce"]["to"], payload["bounce"]["from"]),
+                         ("app@good.example", ""))
+
+        # held at acceptance: the server is in development mode
+        yield self.cli("server", "set", "acme/web", "--mode", "development", "--json")
+        # a new credential: the gateway looks it (and its server) up afresh,
+        # where the old one's look-up may be reused for up to a second
+        fresh = yield self.cli("credential", "add", "acme/web", "--type", "smtp", "--json")
+        token = yield self.submit(key=fresh["key"])
+        [held] = yield self.receiver.wait_for_event("MessageHeld", token)
+        verify(public_pem, held)
+        self.assert_delivery_shape(held, "MessageHeld", "Held", token, "user@dest.example")
+        self.assertEqual(held.json["payload"]["details"], "Server is in development mode.")
+
+        # every request once, each with its own uuid, and all recorded
+        uuids = [h.json["uuid"] for h in self.receiver.hits]
+        self.assertEqual(len(uuids), len(set(uuids)))
+        deliveries = yield self.cli("webhook", "deliveries", "--json")
+        self.assertEqual(sorted(d["uuid"] for d in deliveries), sorted(uuids))
+        self.assertEqual({d["status"] for d in deliveries}, {"delivered"})
+        log = self.gateway.log()
+        self.assertRegex(log, r"webhooks: MessageHeld \S+ to https://127\.0\.0\.1:\d+/hook: "
+                              r"delivered \(HTTP 200, attempt 1\)")
+        self.assertNotIn("PRIVATE KEY", log)
+
+
+class ReceiverDownTests(WebhookGatewayBase):
+    """The receiver is down; the gateway restarts; the receiver comes back."""
+
+    retry_delays = "[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]"
+
+    @defer.inlineCallbacks
+    def failed_attempts(self, count):
+        deadline = reactor.seconds() + SETTLE_TIMEOUT
+        while True:
+            found = yield self.cli("webhook", "deliveries", "--json")
+            if found and found[0]["attempts"] >= count:
+                return found[0]
+            self.assertLess(reactor.seconds(), deadline, f"no {count} attempts: {found}")
+            yield task.deferLater(reactor, 0.2, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_delivered_once_after_a_restart(self):
+        yield self.add_webhook("MessageSent")
+        yield self.receiver.stop()
+        token = yield self.submit()
+        request = yield self.failed_attempts(1)
+        self.assertEqual((request["status"], request["event"]), ("pending", "MessageSent"))
+        attempt = request["delivery_attempts"][0]
+        self.assertIsNone(attempt["status_code"])
+        self.assertTrue(attempt["will_retry"])
+        self.assertIn("ConnectionRefused", attempt["error"])
+        self.assertRegex(self.gateway.log(), r"webhooks: MessageSent \S+ to \S+: attempt 1 "
+                                             r"failed \(.*ConnectionRefused")
+
+        yield threads.deferToThread(self.gateway.stop)
+        self.receiver.listen()
+        restarted = Gateway(self.folder, self.config)
+        self.addCleanup(restarted.stop)
+        yield threads.deferToThread(restarted.start, len(self.listeners))
+        self.gateway = restarted
+        [hit] = yield self.receiver.wait_for_event("MessageSent", token)
+        self.assertEqual(hit.json["uuid"], request["uuid"])
+        delivered = yield self.cli("webhook", "deliveries", "--json")
+        self.assertEqual([(d["uuid"], d["status"]) for d in delivered],
+                         [(request["uuid"], "delivered")])
+        # nothing more comes: the outbox has nothing pending
+        self.assertEqual(len(self.receiver.events("MessageSent", token)), 1)
+

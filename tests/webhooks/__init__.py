@@ -1,0 +1,1 @@
+"""Tests of mailgw.webhooks: payloads, signatures, the private address rule, the outbox and its sender."""
