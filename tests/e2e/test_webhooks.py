@@ -18,7 +18,7 @@ import smtplib
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, reactor, task, threads
 
-from tests.e2e.gateway import Gateway, mailgw_cli
+from tests.e2e.gateway import Gateway, mailgw_cli, write_config
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.relay.sink import Sink
 from tests.webhooks.receiver import (
@@ -222,3 +222,66 @@ class ReceiverDownTests(WebhookGatewayBase):
         # nothing more comes: the outbox has nothing pending
         self.assertEqual(len(self.receiver.events("MessageSent", token)), 1)
 
+
+
+class TwoNodeWebhookTests(WebhookGatewayBase):
+    """Two gateway nodes on one PostgreSQL, both relaying and sending webhooks."""
+
+    engine = "postgresql"
+    messages = 20
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield WebhookGatewayBase.setUp(self)
+        folder = os.path.join(self.folder, "node2")
+        os.makedirs(folder)
+        config = write_config(folder, database_url=self.url, listeners=self.listeners,
+                              tables=self.config_tables)
+        self.node2 = Gateway(folder, config)
+        self.addCleanup(self.node2.stop)
+        yield threads.deferToThread(self.node2.start, 1)
+        yield self.webhooks_started(self.node2)
+
+    @defer.inlineCallbacks
+    def test_each_request_delivered_once(self):
+        yield self.add_webhook("MessageSent")
+        nodes = [self.gateway, self.node2]
+        tokens = []
+        for i in range(self.messages):
+            self.gateway = nodes[i % 2]  # submit() uses self.gateway's port
+            tokens.append((yield self.submit()))
+        self.gateway = nodes[0]
+        yield self.receiver.wait_until(
+            lambda hits: len({h.json["payload"]["message"]["token"] for h in hits})
+            >= self.messages)
+        # both nodes have polled since: a request sent twice would be here by now
+        yield self.both_polled()
+        sent = self.receiver.events("MessageSent")
+        self.assertEqual(sorted(h.json["payload"]["message"]["token"] for h in sent),
+                         sorted(tokens))
+        uuids = [h.json["uuid"] for h in sent]
+        self.assertEqual(len(uuids), len(set(uuids)))
+        deliveries = yield self.cli("webhook", "deliveries", "--json", "--limit", "100")
+        self.assertEqual(len(deliveries), self.messages)
+        self.assertEqual({(d["status"], d["attempts"]) for d in deliveries},
+                         {("delivered", 1)})
+
+    @defer.inlineCallbacks
+    def both_polled(self):
+        """Wait until each node's gauge of pending requests, refreshed after
+        each of its polls, reads 0: both have looked at the outbox since every
+        request was delivered, and found nothing left to send."""
+        for gateway in (self.gateway, self.node2):
+            deadline = reactor.seconds() + SETTLE_TIMEOUT
+            while True:
+                text = yield threads.deferToThread(_metrics, gateway.metrics_port)
+                if 'mailgw_webhook_outbox{status="pending"} 0.0' in text:
+                    break
+                self.assertLess(reactor.seconds(), deadline, text[-2000:])
+                yield task.deferLater(reactor, 0.2, lambda: None)
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return answer.read().decode()
