@@ -142,12 +142,17 @@ class RequestSender:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         headers.update(self.signer.headers(body))
         d = self._post(HTTPClient(agent), url, body, headers)
-        d.addTimeout(self.timeout, self.clock)
+        timed_out = []
+
+        def cancelled(result, timeout):
+            timed_out.append(timeout)  # whatever the cancel made of the request
+            return result
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=cancelled)
         try:
             code = yield d
-        except defer.TimeoutError:
-            return Outcome(None, f"no answer within {self.timeout:g} s")
         except Exception as e:
+            if timed_out:
+                return Outcome(None, f"no answer within {self.timeout:g} s")
             return Outcome(None, _describe(e))
         if 200 <= code < 300:
             return Outcome(code)
