@@ -212,6 +212,7 @@ class ExampleConfigTests(unittest.TestCase):
                     "http_api": config_module.HTTPAPIConfig,
                     "web": config_module.WebConfig,
                     "dns": config_module.DNSConfig,
+                    "webhooks": config_module.WebhooksConfig,
                     "listeners": config_module.ListenerConfig}
         top = [f for f in dataclasses.fields(config_module.Config)
                if not f.metadata.get("internal")]
