@@ -47,9 +47,13 @@ class WebhookGatewayBase(GatewayTestBase):
             "poll_interval = 0.2", "retry_base = 1.0", "retry_max = 2.0",
             "[webhooks]", "allow_private_addresses = true", "poll_interval = 0.2",
             f"retry_delays = {self.retry_delays}",
-            f'ca_certificates = "{self.receiver.ca_path}"'])
+            f'ca_certificates = "{self.receiver.ca_path}"', self.extra_tables()])
         yield GatewayTestBase.setUp(self)
         yield self.webhooks_started(self.gateway)
+
+    def extra_tables(self) -> str:
+        """More TOML tables for the gateway's config."""
+        return ""
 
     def cli(self, *args, raw=False):
         return threads.deferToThread(mailgw_cli, self.config, *args, raw=raw)
