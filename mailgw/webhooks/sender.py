@@ -4,8 +4,8 @@ The host of the request's URL is resolved and every address checked
 (L{mailgw.webhooks.addresses}); the connection then goes to the checked
 address, while TLS (SNI and certificate verification) and the C{Host}
 header still use the URL's host name. A receiver's answer counts as
-delivered when its status is 2xx, as in Postal; its body is read (up to
-L{BODY_LIMIT} bytes) and dropped.
+delivered when its status is 2xx, as in Postal (a redirect is not followed);
+its body is read (up to L{BODY_LIMIT} bytes) and dropped.
 """
 from __future__ import annotations
 
@@ -160,7 +160,9 @@ class RequestSender:
 
     @defer.inlineCallbacks
     def _post(self, client, url, body, headers):
-        response = yield client.post(url, data=body, headers=headers)
+        # a redirect is an answer, not followed (as in Postal): it would lead
+        # past the address check to wherever the receiver points
+        response = yield client.post(url, data=body, headers=headers, allow_redirects=False)
         done = defer.Deferred()
         response.deliverBody(_Limited(done, BODY_LIMIT))
         yield done

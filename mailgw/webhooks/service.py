@@ -202,20 +202,21 @@ class WebhookService(service.Service):
         return result
 
     def _log(self, request, attempts, result, outcome, when):
+        url = shown_url(request.url)
         what = f"HTTP {outcome.status_code}" if outcome.status_code is not None else \
             outcome.error
         if result == "delivered":
             log.info("webhooks: {event} {uuid} to {url}: delivered ({what}, attempt {n})",
-                     event=request.event, uuid=request.uuid, url=request.url, what=what,
+                     event=request.event, uuid=request.uuid, url=url, what=what,
                      n=attempts)
         elif result == "retry":
             log.warn("webhooks: {event} {uuid} to {url}: attempt {n} failed ({what}); "
                      "retrying in {delay:.0f} s", event=request.event, uuid=request.uuid,
-                     url=request.url, n=attempts, what=outcome.error or what,
+                     url=url, n=attempts, what=outcome.error or what,
                      delay=when - self.clock.seconds())
         else:
             log.warn("webhooks: {event} {uuid} to {url}: {result} after attempt {n} ({what})",
-                     event=request.event, uuid=request.uuid, url=request.url,
+                     event=request.event, uuid=request.uuid, url=url,
                      result="refused" if result == "refused" else "failed, no retry left",
                      n=attempts, what=outcome.error or what)
 
@@ -240,6 +241,13 @@ class WebhookService(service.Service):
             for status in ("pending", "delivered", "failed"):
                 self.metrics.webhook_outbox.labels(status).set(counts.get(status, 0))
         return d.addCallbacks(refresh, lambda f: None)
+
+
+def shown_url(url: str) -> str:
+    """A webhook URL as log lines show it: without its query string, where
+    receivers often put a secret token."""
+    head, sep, _ = url.partition("?")
+    return head + ("?…" if sep else "")
 
 
 def _quietly(d):

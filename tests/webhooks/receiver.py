@@ -62,6 +62,8 @@ class _Hook(resource.Resource):
                    for k, v in request.requestHeaders.getAllRawHeaders()}
         hit = Hit(request.method, request.path, headers, request.content.read(), code)
         request.setResponseCode(code)
+        if 300 <= code < 400:
+            request.setHeader(b"location", b"http://169.254.169.254/latest/meta-data/")
         self.receiver.record(hit)
         return b"ok\n"
 

@@ -137,6 +137,17 @@ class ServiceTests(StoreFixture, unittest.TestCase):
         self.assertIn("refused after attempt 1", "\n".join(self.logged))
 
     @defer.inlineCallbacks
+    def test_the_query_string_stays_out_of_the_log(self):
+        yield self.store.add_webhook(("acme", "web"), "https://hooks.example/in?token=s3cret",
+                                     events=["MessageHeld"])
+        yield self.enqueue(status="held", hold_reason="credential on hold")
+        service, _ = self.service([Outcome(200)] * 3)
+        yield service.run_once()
+        logged = "\n".join(self.logged)
+        self.assertIn("to https://hooks.example/in?…: delivered", logged)
+        self.assertNotIn("s3cret", logged)
+
+    @defer.inlineCallbacks
     def test_started_service_polls_and_gives_back_nothing_on_stop(self):
         service, sender = self.service([Outcome(200)], poll_interval=1.0)
         service.startService()
@@ -188,6 +199,13 @@ class SenderTests(unittest.TestCase):
         outcome = yield self.sender().send(self.receiver.url, b"{}")
         self.assertEqual((outcome.status_code, outcome.delivered, outcome.refused),
                          (500, False, False))
+
+    @defer.inlineCallbacks
+    def test_a_redirect_is_an_answer_not_followed(self):
+        self.receiver.codes.append(302)
+        outcome = yield self.sender().send(self.receiver.url, b"{}")
+        self.assertEqual((outcome.status_code, outcome.delivered), (302, False))
+        self.assertEqual(len(self.receiver.hits), 1)
 
     @defer.inlineCallbacks
     def test_loopback_refused_unless_allowed(self):
