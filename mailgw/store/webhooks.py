@@ -345,8 +345,8 @@ class WebhookOperations:
             raise ValueError(f"unknown webhook event {event}")
         return self._run(_trigger, server_id, event, payload, self._now())
 
-    #: see L{mailgw.store.base.Store.claim_lock}
     def claim_webhook_requests(self, node_id, now, lease, limit):
+        # claim_lock: FOR UPDATE SKIP LOCKED on PostgreSQL (see base.Store)
         return self._run(_claim_webhook_requests, node_id, now, lease, limit,
                          self.claim_lock)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from treq.client import HTTPClient
 from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -39,8 +40,9 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+@implementer(IStreamClientEndpoint)
 class _SequentialEndpoint:
-    """Connects to each of C{endpoints} in turn until one answers."""
+    """Connects to each of C{candidates} (endpoints) in turn until one answers."""
 
     def __init__(self, candidates):
         self._candidates = list(candidates)

@@ -28,6 +28,8 @@ log = Logger()
 
 #: seconds between removals of old delivered and failed requests
 PRUNE_INTERVAL = 3600.0
+#: seconds before the signing key is read again after a failure
+KEY_RETRY = 30.0
 
 
 def next_attempt(now: float, attempts: int, delays) -> float | None:
@@ -67,6 +69,7 @@ class WebhookService(service.Service):
         self._claiming = None
         self._loops = []
         self._wake_call = None
+        self._key_call = None
         self._stopping = False
         #: fires once the signing key is read and polling has begun
         self.started = defer.Deferred()
@@ -76,10 +79,24 @@ class WebhookService(service.Service):
     def startService(self):
         super().startService()
         self._stopping = False
+        if self.started.called:
+            self.started = defer.Deferred()
+        self._read_key()
+
+    def _read_key(self):
+        self._key_call = None
+        if self._stopping:
+            return
         d = self.store.webhook_signing_key() if self.sender is None else defer.succeed(None)
         d.addCallback(self._begin)
-        d.addErrback(lambda f: log.failure(
-            "webhooks: cannot read the signing key; no webhook is sent by this node", f))
+
+        def failed(failure):
+            log.failure("webhooks: cannot read the signing key; nothing is sent by this node "
+                        "until it can (trying again in {delay:g} s)", failure,
+                        delay=KEY_RETRY)
+            if not self._stopping:
+                self._key_call = self.clock.callLater(KEY_RETRY, self._read_key)
+        d.addErrback(failed)
 
     def _begin(self, private_pem):
         if self._stopping:
@@ -113,8 +130,9 @@ class WebhookService(service.Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        if self._wake_call is not None and self._wake_call.active():
-            self._wake_call.cancel()
+        for call in (self._wake_call, self._key_call):
+            if call is not None and call.active():
+                call.cancel()
         if self._claiming is not None:
             yield _quietly(self._claiming)
         while self._in_flight:

@@ -12,9 +12,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from mailgw.config import WebhooksConfig
+from mailgw.interfaces import StoreUnavailable
 from mailgw.metrics import Metrics
 from mailgw.webhooks.sender import Outcome, RequestSender, tls_policy
-from mailgw.webhooks.service import WebhookService, next_attempt
+from mailgw.webhooks.service import KEY_RETRY, WebhookService, next_attempt
 from mailgw.webhooks.signing import RequestSigner, generate_private_key
 from tests.relay.fixtures import StoreFixture
 from tests.webhooks.receiver import Receiver, verify
@@ -160,6 +161,39 @@ class ServiceTests(StoreFixture, unittest.TestCase):
         gauge = self.metrics.registry.get_sample_value("mailgw_webhook_outbox",
                                                        {"status": "pending"})
         self.assertIn(gauge, (0.0, 1.0))
+
+
+class KeyOnceUnavailable:
+    """The store, except that its first C{webhook_signing_key} fails."""
+
+    def __init__(self, store):
+        self._store = store
+        self.asked = 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def webhook_signing_key(self):
+        self.asked += 1
+        if self.asked == 1:
+            return defer.fail(StoreUnavailable("database away"))
+        return self._store.webhook_signing_key()
+
+
+class KeyTests(StoreFixture, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_the_key_is_read_again_after_a_failure(self):
+        store = KeyOnceUnavailable(self.store)
+        service = WebhookService(store, WebhooksConfig(), reactor, "node-1", clock=self.clock)
+        service.startService()
+        self.assertFalse(service.started.called)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)
+        self.clock.advance(KEY_RETRY)
+        yield service.started
+        self.assertEqual(store.asked, 2)
+        self.assertEqual(service.signer.public_pem, RequestSigner(
+            (yield self.store.webhook_signing_key())).public_pem)
+        yield service.stopService()
 
 
 class SenderTests(unittest.TestCase):
