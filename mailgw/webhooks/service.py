@@ -70,6 +70,7 @@ class WebhookService(service.Service):
         self._loops = []
         self._wake_call = None
         self._key_call = None
+        self._reading = None  # the signing key's read (or first generation) under way
         self._stopping = False
         #: fires once the signing key is read and polling has begun
         self.started = defer.Deferred()
@@ -91,12 +92,19 @@ class WebhookService(service.Service):
         d.addCallback(self._begin)
 
         def failed(failure):
+            if self._stopping:
+                return  # stopped meanwhile: nothing is to be sent anyway
             log.failure("webhooks: cannot read the signing key; nothing is sent by this node "
                         "until it can (trying again in {delay:g} s)", failure,
                         delay=KEY_RETRY)
-            if not self._stopping:
-                self._key_call = self.clock.callLater(KEY_RETRY, self._read_key)
+            self._key_call = self.clock.callLater(KEY_RETRY, self._read_key)
         d.addErrback(failed)
+        self._reading = d
+
+        def read(result):
+            self._reading = None
+            return result
+        d.addBoth(read)
 
     def _begin(self, private_pem):
         if self._stopping:
@@ -122,8 +130,10 @@ class WebhookService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Fires once nothing of this service uses the store: the attempts
-        under way are settled and the requests still claimed given back."""
+        """Fires once nothing of this service uses the store: the signing
+        key's read and the claim under way are done and the attempts under
+        way settled (a claim starts every request it takes, so none is left
+        claimed and unstarted)."""
         super().stopService()
         self._stopping = True
         for loop in self._loops:
@@ -133,8 +143,9 @@ class WebhookService(service.Service):
         for call in (self._wake_call, self._key_call):
             if call is not None and call.active():
                 call.cancel()
-        if self._claiming is not None:
-            yield _quietly(self._claiming)
+        for pending in (self._reading, self._claiming):
+            if pending is not None:
+                yield _quietly(pending)
         while self._in_flight:
             yield defer.DeferredList(list(self._in_flight.values()))
 
