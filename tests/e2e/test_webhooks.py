@@ -18,6 +18,7 @@ import smtplib
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, reactor, task, threads
 
+from mailgw.store import open_store
 from tests.e2e.gateway import Gateway, mailgw_cli, write_config
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.relay.sink import Sink
@@ -33,6 +34,7 @@ class WebhookGatewayBase(GatewayTestBase):
     """A gateway relaying to the sink, whose webhooks go to the receiver."""
 
     retry_delays = "[1.0, 1.0, 1.0]"
+    allow_private = "true"
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -45,7 +47,8 @@ class WebhookGatewayBase(GatewayTestBase):
         self.config_tables = "\n".join([
             "[relay]", "enabled = true", f'smarthost = "127.0.0.1:{port}"', 'tls = "none"',
             "poll_interval = 0.2", "retry_base = 1.0", "retry_max = 2.0",
-            "[webhooks]", "allow_private_addresses = true", "poll_interval = 0.2",
+            "[webhooks]", f"allow_private_addresses = {self.allow_private}",
+            "poll_interval = 0.2",
             f"retry_delays = {self.retry_delays}",
             f'ca_certificates = "{self.receiver.ca_path}"', self.extra_tables()])
         yield GatewayTestBase.setUp(self)
@@ -226,6 +229,44 @@ class ReceiverDownTests(WebhookGatewayBase):
         # nothing more comes: the outbox has nothing pending
         self.assertEqual(len(self.receiver.events("MessageSent", token)), 1)
 
+
+
+class PrivateAddressTests(WebhookGatewayBase):
+    """The default: webhooks to private addresses are refused, at `webhook
+    add` and, for a webhook that got into the store anyway, at send."""
+
+    allow_private = "false"
+
+    @defer.inlineCallbacks
+    def test_refused_at_add_and_at_send(self):
+        failure = yield self.assertFailure(
+            self.cli("webhook", "add", "acme/web", self.receiver.url, "--all-events"),
+            AssertionError)
+        self.assertIn("mailgw: webhook destination refused: 127.0.0.1 is a local address",
+                      str(failure))
+        store = open_store(self.url, reactor)
+        yield store.start()
+        try:
+            yield store.add_webhook(("acme", "web"), self.receiver.url, all_events=True)
+        finally:
+            yield store.close()
+        yield self.submit()
+        deadline = reactor.seconds() + SETTLE_TIMEOUT
+        while True:
+            found = yield self.cli("webhook", "deliveries", "--status", "failed", "--json")
+            if found:
+                break
+            self.assertLess(reactor.seconds(), deadline, self.gateway.log()[-3000:])
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        [request] = found
+        self.assertEqual((request["event"], request["attempts"]), ("MessageSent", 1))
+        self.assertIn("127.0.0.1 is a local address", request["last_error"])
+        self.assertEqual(self.receiver.hits, [])
+        self.assertRegex(self.gateway.log(), r"webhooks: MessageSent \S+ to \S+: refused after "
+                                             r"attempt 1 \(webhook destination refused: "
+                                             r"127\.0\.0\.1 is a local address")
+        metrics = yield threads.deferToThread(_metrics, self.gateway.metrics_port)
+        self.assertIn('mailgw_webhook_deliveries_total{outcome="refused"} 1.0', metrics)
 
 
 class TwoNodeWebhookTests(WebhookGatewayBase):
