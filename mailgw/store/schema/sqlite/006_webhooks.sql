@@ -44,6 +44,8 @@ CREATE TABLE webhook_requests (
 -- what a node looks for when it claims due requests
 CREATE INDEX webhook_requests_due ON webhook_requests (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_requests_webhook ON webhook_requests (webhook_id, id);
+-- what the retention prune deletes
+CREATE INDEX webhook_requests_settled ON webhook_requests (updated_at) WHERE status <> 'pending';
 
 CREATE TABLE webhook_attempts (
     id INTEGER PRIMARY KEY,
