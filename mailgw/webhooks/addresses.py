@@ -106,8 +106,9 @@ def _lookup(host: str, port: int) -> list[str]:
     return seen
 
 
-def choose(host: str, addresses, allow_private: bool, own=frozenset()) -> str:
-    """The address to connect to, of those C{host} resolved to.
+def choose(host: str, addresses, allow_private: bool, own=frozenset()) -> list[str]:
+    """The addresses to connect to (in the resolver's order), of those
+    C{host} resolved to: all of them, once every one is checked.
 
     @raise RefusedURL: one of them is refused (a name with one private
         address is refused whole: which one a client gets is the DNS
@@ -122,13 +123,13 @@ def choose(host: str, addresses, allow_private: bool, own=frozenset()) -> str:
                         else f"{host} resolves to {address}, {why}")
                 raise RefusedURL(f"webhook destination refused: {what} "
                                  "([webhooks] allow_private_addresses is false)")
-    return addresses[0]
+    return addresses
 
 
-def check_now(target: WebhookURL, allow_private: bool, own=frozenset()) -> str:
+def check_now(target: WebhookURL, allow_private: bool, own=frozenset()) -> list[str]:
     """Resolve and check C{target} now, blocking (the command line).
 
-    @return: the address a request would connect to.
+    @return: the addresses a request may connect to, in order.
     @raise RefusedURL: it is refused.
     @raise Unresolvable: it has no address now.
     """
@@ -140,7 +141,8 @@ def check_now(target: WebhookURL, allow_private: bool, own=frozenset()) -> str:
 def check_later(target: WebhookURL, allow_private: bool, own=frozenset()):
     """L{check_now} in a thread (the look-up blocks).
 
-    @return: Deferred firing with the address, or failing with L{RefusedURL}.
+    @return: Deferred firing with the addresses, or failing with L{RefusedURL}
+        or L{Unresolvable}.
     """
     if literal(target.host) is not None:
         try:

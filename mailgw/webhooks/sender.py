@@ -2,7 +2,7 @@
 
 The host of the request's URL is resolved and every address checked
 (L{mailgw.webhooks.addresses}); the connection then goes to the checked
-address, while TLS (SNI and certificate verification) and the C{Host}
+addresses, the first that answers, while TLS (SNI and certificate verification) and the C{Host}
 header still use the URL's host name. A receiver's answer counts as
 delivered when its status is 2xx, as in Postal (a redirect is not followed);
 its body is read (up to L{BODY_LIMIT} bytes) and dropped.
@@ -133,13 +133,13 @@ class RequestSender:
         """@return: Deferred firing with an L{Outcome}."""
         try:
             target = parse_url(url)
-            address = yield check_later(target, self.allow_private, self.own)
+            checked = yield check_later(target, self.allow_private, self.own)
         except RefusedURL as e:
             return Outcome(None, str(e), refused=True)
         except Unresolvable as e:
             return Outcome(None, str(e))
         agent = Agent.usingEndpointFactory(
-            self.reactor, PinnedEndpoints(self.reactor, [address], self.policy, self.timeout),
+            self.reactor, PinnedEndpoints(self.reactor, checked, self.policy, self.timeout),
             pool=HTTPConnectionPool(self.reactor, persistent=False))
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         headers.update(self.signer.headers(body))

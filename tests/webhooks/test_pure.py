@@ -100,6 +100,7 @@ class AddressTests(unittest.TestCase):
             addresses.choose("hooks.example", ["93.184.216.34", "10.0.0.5"], False)
         self.assertIn("hooks.example resolves to 10.0.0.5, a private or reserved address",
                       str(caught.exception))
-        self.assertEqual(addresses.choose("hooks.example", ["10.0.0.5"], True), "10.0.0.5")
+        self.assertEqual(addresses.choose("hooks.example", ["10.0.0.5", "::1"], True),
+                         ["10.0.0.5", "::1"])
         self.assertEqual(addresses.check_now(addresses.parse_url("https://127.0.0.1/"), True),
-                         "127.0.0.1")
+                         ["127.0.0.1"])

@@ -228,6 +228,16 @@ class SenderTests(unittest.TestCase):
         self.assertEqual(hit.header("content-type"), "application/json")
 
     @defer.inlineCallbacks
+    def test_a_host_name_reaches_the_address_that_answers(self):
+        """localhost may resolve to ::1 first; the receiver listens on
+        127.0.0.1 only: each checked address is tried in turn."""
+        url = self.receiver.url.replace("127.0.0.1", "localhost")
+        outcome = yield self.sender().send(url, b"{}")
+        self.assertEqual(outcome.status_code, 200, outcome.error)
+        [hit] = self.receiver.hits
+        self.assertEqual(hit.header("host"), f"localhost:{self.receiver.port}")
+
+    @defer.inlineCallbacks
     def test_an_error_status_is_not_delivered(self):
         self.receiver.codes.append(500)
         outcome = yield self.sender().send(self.receiver.url, b"{}")
