@@ -229,7 +229,8 @@ class Webhook:
     #: "org/server", for display
     server: str
     name: str
-    url: str
+    #: kept out of the repr: receivers often put a token in the query string
+    url: str = field(repr=False)
     all_events: bool
     events: tuple[str, ...]
     enabled: bool
@@ -247,8 +248,9 @@ class WebhookRequest:
     webhook_id: int
     server: str
     event: str
-    url: str
-    body: bytes
+    #: out of the repr, as L{Webhook}'s; so is the body, which can be large
+    url: str = field(repr=False)
+    body: bytes = field(repr=False)
     status: str
     attempts: int
     next_attempt_at: float | None

@@ -42,27 +42,34 @@ class WebhookURL:
     port: int
 
 
+def shown_url(url: str) -> str:
+    """A webhook URL as log lines and errors show it: without its query
+    string, where receivers often put a secret token."""
+    head, sep, _ = str(url).partition("?")
+    return head + ("?…" if sep else "")
+
+
 def parse_url(url: str) -> WebhookURL:
     """C{url} checked for form: http or https, a host, no credentials.
 
     @raise RefusedURL: otherwise.
     """
     if not isinstance(url, str) or any(c.isspace() for c in url) or not url.isascii():
-        raise RefusedURL(f"invalid webhook URL {url!r}: use an http:// or https:// URL "
-                         "without spaces (IDNA-encode a non-ASCII host name)")
+        raise RefusedURL(f"invalid webhook URL {shown_url(url)!r}: use an http:// or https:// "
+                         "URL without spaces (IDNA-encode a non-ASCII host name)")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise RefusedURL(f"invalid webhook URL {url!r}: the scheme must be http or https")
+        raise RefusedURL(f"invalid webhook URL {shown_url(url)!r}: the scheme must be http or https")
     if parts.username is not None or parts.password is not None:
         raise RefusedURL("invalid webhook URL: credentials in the URL would be shown by "
                          "`webhook list` and in logs; verify the signature instead")
     try:
         port = parts.port
     except ValueError:
-        raise RefusedURL(f"invalid webhook URL {url!r}: bad port") from None
+        raise RefusedURL(f"invalid webhook URL {shown_url(url)!r}: bad port") from None
     host = parts.hostname
     if not host:
-        raise RefusedURL(f"invalid webhook URL {url!r}: it has no host")
+        raise RefusedURL(f"invalid webhook URL {shown_url(url)!r}: it has no host")
     return WebhookURL(url, parts.scheme, host,
                       port or (443 if parts.scheme == "https" else 80))
 

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from mailgw.config import WebhooksConfig
 from mailgw.model import WebhookAttempt
 from mailgw.relay.service import default_node_id
+from mailgw.webhooks.addresses import shown_url
 from mailgw.webhooks.sender import RequestSender, tls_policy
 from mailgw.webhooks.signing import RequestSigner
 
@@ -270,13 +271,6 @@ class WebhookService(service.Service):
             for status in ("pending", "delivered", "failed"):
                 self.metrics.webhook_outbox.labels(status).set(counts.get(status, 0))
         return d.addCallbacks(refresh, lambda f: None)
-
-
-def shown_url(url: str) -> str:
-    """A webhook URL as log lines show it: without its query string, where
-    receivers often put a secret token."""
-    head, sep, _ = url.partition("?")
-    return head + ("?…" if sep else "")
 
 
 def _quietly(d):

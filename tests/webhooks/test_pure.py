@@ -9,7 +9,7 @@ import json
 from cryptography.hazmat.primitives import serialization
 from twisted.trial import unittest
 
-from mailgw.model import QueueEntry
+from mailgw.model import QueueEntry, Webhook
 from mailgw.webhooks import addresses, payloads, signing
 from tests.webhooks.receiver import BOUNCE_KEYS, DELIVERY_KEYS, MESSAGE_KEYS, Hit, verify
 from tests.webhooks.test_service import signing_key
@@ -85,6 +85,15 @@ class AddressTests(unittest.TestCase):
                     "https://x y/", "https://h\u00e9.example/"):
             with self.assertRaises(addresses.RefusedURL, msg=bad):
                 addresses.parse_url(bad)
+
+    def test_errors_and_reprs_leave_the_query_string_out(self):
+        with self.assertRaises(addresses.RefusedURL) as caught:
+            addresses.parse_url("ftp://hooks.example/in?token=s3cret")
+        self.assertNotIn("s3cret", str(caught.exception))
+        self.assertEqual(addresses.shown_url("https://h/in?token=s3cret"), "https://h/in?…")
+        webhook = Webhook(1, "u", 1, "acme/web", "", "https://h/?token=s3cret", True, (), True,
+                          0.0)
+        self.assertNotIn("s3cret", repr(webhook))
 
     def test_refused_addresses(self):
         for address in ("127.0.0.1", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1",
