@@ -27,7 +27,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
 from mailgw.auth.throttle import FailureThrottle, SharedLockouts
-from mailgw.config import Config
+from mailgw.config import Config, ConfigError
 from mailgw.domains.lookup import monitor_lookup
 from mailgw.domains.monitor import DNSMonitor
 from mailgw.listeners import ListenerService, parse_endpoint
@@ -45,6 +45,7 @@ from mailgw.submission import CoreSettings, SubmissionCore
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.health import health_site
+from mailgw.webhooks.sender import tls_policy
 from mailgw.webhooks.service import WebhookService
 
 log = Logger()
@@ -187,9 +188,13 @@ class GatewayService(service.MultiService):
             # once, here, as the relay does)
             own = frozenset() if config.webhooks.allow_private_addresses else \
                 node_addresses()
+            try:  # read now, while twistd may still be privileged
+                policy = tls_policy(config.webhooks.ca_certificates)
+            except ValueError as e:
+                raise ConfigError(f"config error: webhooks.ca_certificates: {e}") from None
             self.webhooks = WebhookService(self.store, config.webhooks, reactor,
                                            hostname=config.hostname, metrics=self.metrics,
-                                           own=own)
+                                           own=own, policy=policy)
             self.webhooks.setServiceParent(self.after_store)
 
     def _web_listener(self) -> ListenerService:
@@ -326,5 +331,6 @@ def build_service(config: Config, reactor) -> GatewayService:
 
     @raise mailgw.listeners.StartupError: a listener's endpoint does not parse.
     @raise mailgw.tls.TLSConfigError: the TLS files or settings cannot be used.
+    @raise ConfigError: C{[webhooks] ca_certificates} cannot be used.
     """
     return GatewayService(config, reactor)

@@ -44,5 +44,5 @@ def makeService(options):
     check_descriptors(options["config_value"])
     try:
         return build_service(options["config_value"], reactor)
-    except TLSConfigError as e:
+    except (TLSConfigError, ConfigError) as e:
         raise SystemExit(f"mailgw: {e}") from None

@@ -100,14 +100,24 @@ class _Limited(protocol.Protocol):
 
 def tls_policy(ca_certificates: str = ""):
     """The https policy: the system's trust store, or only the certificates
-    of the PEM file C{ca_certificates}."""
+    of the PEM file C{ca_certificates}.
+
+    @raise ValueError: that file cannot be read or holds no certificate.
+    """
     if not ca_certificates:
         return BrowserLikePolicyForHTTPS()
-    with open(ca_certificates, "rb") as f:
-        data = f.read()
+    try:
+        with open(ca_certificates, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {ca_certificates}: {e.strerror}") from None
     pems, marker = [], b"-----END CERTIFICATE-----"
-    for block in data.split(marker)[:-1]:
-        pems.append(ssl.Certificate.loadPEM(block.strip() + b"\n" + marker + b"\n"))
+    try:
+        for block in data.split(marker)[:-1]:
+            pems.append(ssl.Certificate.loadPEM(block.strip() + b"\n" + marker + b"\n"))
+    except Exception:
+        raise ValueError(f"{ca_certificates} holds a certificate that is not valid PEM") \
+            from None
     if not pems:
         raise ValueError(f"no certificate in {ca_certificates}")
     return BrowserLikePolicyForHTTPS(ssl.trustRootFromCertificates(pems))

@@ -52,19 +52,23 @@ class WebhookService(service.Service):
 
     @param sender: what sends one request (default: a L{RequestSender} over
         treq, made at start once the signing key is known); tests pass one.
+    @param policy: the https policy of the default sender (default: from
+        C{config.ca_certificates}, read now: before twistd drops privileges).
     """
 
     name = "webhooks"
 
     def __init__(self, store, config: WebhooksConfig, reactor, node_id: str | None = None,
                  hostname: str = "localhost", *, clock=None, metrics=None, sender=None,
-                 own=frozenset()):
+                 own=frozenset(), policy=None):
         self.store, self.config, self.reactor = store, config, reactor
         self.clock = clock or reactor
         self.node_id = node_id or default_node_id(hostname)
         self.metrics = metrics
         self.sender = sender
         self.own = own
+        self.policy = policy if policy is not None or sender is not None else \
+            tls_policy(config.ca_certificates)
         self.signer = None
         self._in_flight = {}  # request id -> the Deferred of its attempt
         self._claiming = None
@@ -114,7 +118,7 @@ class WebhookService(service.Service):
             self.signer = RequestSigner(private_pem)
             self.sender = RequestSender(
                 self.reactor, self.signer, allow_private=self.config.allow_private_addresses,
-                timeout=self.config.timeout, policy=tls_policy(self.config.ca_certificates),
+                timeout=self.config.timeout, policy=self.policy,
                 clock=self.clock, own=self.own)
         for interval, fn, now in ((self.config.poll_interval, self._poll_once, True),
                                   (self.config.lease / 3, self._renew_leases, False),

@@ -14,12 +14,15 @@ import hashlib
 import os
 import re
 import smtplib
+import subprocess
+import sys
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
 
 from mailgw.store import open_store
-from tests.e2e.gateway import Gateway, mailgw_cli, write_config
+from tests.e2e.gateway import ROOT, Gateway, mailgw_cli, write_config
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.relay.sink import Sink
 from tests.webhooks.receiver import (
@@ -330,3 +333,21 @@ def _metrics(port: int) -> str:
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         return answer.read().decode()
+
+
+class FailedStartTests(unittest.TestCase):
+    def test_unreadable_ca_certificates_stop_the_start_with_one_line(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        config = write_config(folder, database_url="sqlite:" + os.path.join(folder, "db"),
+                              listeners=[{"endpoint": "tcp:0:interface=127.0.0.1"}],
+                              tables='[webhooks]\nca_certificates = "missing.pem"\n')
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "mailgw", "--config", config], cwd=folder, capture_output=True,
+            timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+        output = (result.stdout + result.stderr).decode("utf-8", "replace")
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertNotIn("Traceback", output)
+        self.assertIn(f"mailgw: config error: webhooks.ca_certificates: cannot read "
+                      f"{folder}/missing.pem: No such file or directory", output)
