@@ -741,7 +741,11 @@ def _mark_retry(entry_id, node_id, attempt, next_attempt_at):
 
 
 def _mark_held(entry_id, node_id, attempt, reason):
-    return (yield from _settle(entry_id, node_id, attempt, "held", None, reason))
+    settled = yield from _settle(entry_id, node_id, attempt, "held", None, reason)
+    if settled:
+        yield from _webhooks.delivery_event(entry_id, "MessageHeld", attempt,
+                                            hold_reason=reason)
+    return settled
 
 
 def _mark_failed(entry_id, node_id, attempt, bounce):

@@ -3,7 +3,8 @@ outbox of requests, their attempts, and the one signing key.
 
 Events are written by the transaction that causes them: the relay's settle
 (MessageSent, MessageDelayed, MessageDeliveryFailed and, with the bounce it
-queues, MessageBounced) and the enqueue of a held message (MessageHeld), so
+queues, MessageBounced; MessageHeld when it holds a message it cannot sign)
+and the enqueue of a held message (MessageHeld), so
 that an event is in the outbox exactly when its change is committed. A node
 claims due requests as the relay claims queue entries: by writing its id and
 a lease end into them (PostgreSQL locks the candidates with C{FOR UPDATE
@@ -155,9 +156,10 @@ def _message_of(entry):
     return payloads.message_hash(entry, *payloads.header_facts(head))
 
 
-def delivery_event(entry_id, event, attempt, retry_at=None):
+def delivery_event(entry_id, event, attempt, retry_at=None, hold_reason=None):
     """The settle of queue entry C{entry_id} with C{attempt} (a
     L{mailgw.model.DeliveryAttempt}) as C{event}: its requests written.
+    (MessageHeld here is a hold by the relay, C{hold_reason} saying why.)
 
     @return: the entry's message hash when C{event} was written, else C{None}.
     """
@@ -169,8 +171,9 @@ def delivery_event(entry_id, event, attempt, retry_at=None):
     message = yield from _message_of(entry)
     payload = payloads.delivery_payload(
         event, message, details=payloads.delivery_details(
-            event, entry, attempt.remote_host, retry_at=retry_at),
-        output=attempt.text, timestamp=attempt.attempted_at)
+            event, entry, attempt.remote_host, retry_at=retry_at, hold_reason=hold_reason),
+        output=None if event == "MessageHeld" else attempt.text,
+        timestamp=attempt.attempted_at)
     yield from _write_requests(subscribers, event, payload, attempt.attempted_at)
     return message
 

@@ -105,6 +105,21 @@ class WebhookStoreContract(StoreFixture):
                          ("BOUNCE000001", "failed"))
 
     @defer.inlineCallbacks
+    def test_held_by_the_relay(self):
+        yield self.store.add_webhook(("acme", "web"), URL, events=["MessageHeld"])
+        ids = yield self.enqueue()
+        [claim] = yield self.store.claim_due("relay", self.clock.seconds(), 60, 10)
+        attempt = DeliveryAttempt(claim.entry.id, self.clock.seconds(), None, None,
+                                  "held: no DKIM key", "relay")
+        self.assertTrue((yield self.store.mark_held(claim.entry.id, "relay", attempt,
+                                                    "no DKIM key")))
+        [(_, body)] = yield self.requests()
+        self.assertEqual((body["event"], body["payload"]["status"],
+                          body["payload"]["details"], body["payload"]["output"]),
+                         ("MessageHeld", "Held", "Message held: no DKIM key", ""))
+        self.assertEqual(body["payload"]["message"]["id"], list(ids.values())[0])
+
+    @defer.inlineCallbacks
     def test_held_at_enqueue_and_only_wanted_events(self):
         yield self.store.add_webhook(("acme", "web"), URL, events=["MessageHeld"])
         other = yield self.store.add_webhook(("acme", "other"), URL, all_events=True)
