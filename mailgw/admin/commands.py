@@ -27,6 +27,7 @@ from mailgw.admin.output import (
     listener_json, lockout_json, message_headers, message_json, organization_json,
     printable, relay_json, relay_text, server_json, table,
 )
+from mailgw.admin import webhooks
 from mailgw.auth.throttle import throttle_key
 from mailgw.domains import monitor, records
 from mailgw.interfaces import NotFound
@@ -455,6 +456,7 @@ async def config_check(reactor, config, args) -> Output:
         "database": database,
         "spool_directory": {"path": config.spool_directory, "exists": spool_exists},
         "relay": relay_json(config.relay),
+        "webhooks": webhooks.check_settings(config.webhooks),
     }
     return Output(data, _check_text(data))
 
@@ -600,4 +602,5 @@ def _check_text(data: dict) -> str:
     lines.append(line("spool_directory", f"{spool['path']} "
                       f"({'exists' if spool['exists'] else 'created at start'})"))
     lines.append(line("relay", relay_text(data["relay"])))
+    lines.append(line("webhooks", webhooks.settings_text(data["webhooks"])))
     return "\n".join(printable(text) for text in lines)

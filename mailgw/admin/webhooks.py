@@ -133,6 +133,34 @@ async def webhook_deliveries(store, args) -> Output:
     return Output(rows, table(REQUEST_COLUMNS, shown, "no webhook deliveries"))
 
 
+def check_settings(settings) -> dict:
+    """C{[webhooks]} as C{config check} shows it, its CA file read as the
+    gateway reads it at start.
+
+    @param settings: a L{mailgw.config.WebhooksConfig}.
+    @raise ValueError: C{ca_certificates} cannot be used.
+    """
+    from mailgw.webhooks.sender import tls_policy
+    try:
+        tls_policy(settings.ca_certificates)
+    except ValueError as e:
+        raise ValueError(f"config error: webhooks.ca_certificates: {e}") from None
+    return {"enabled": settings.enabled,
+            "allow_private_addresses": settings.allow_private_addresses,
+            "retry_delays": list(settings.retry_delays),
+            "ca_certificates": settings.ca_certificates or None}
+
+
+def settings_text(data: dict) -> str:
+    """L{check_settings}' answer, readable."""
+    if not data["enabled"]:
+        return "off on this node (webhooks.enabled = false): other nodes send the outbox"
+    private = "allowed" if data["allow_private_addresses"] else "refused"
+    trust = data["ca_certificates"] or "the system's CAs"
+    return (f"on (private addresses {private}; {len(data['retry_delays'])} retries; "
+            f"https trusts {trust})")
+
+
 def add_verbs(verb, positive_int) -> None:
     """The C{webhook} noun's verbs on the command line's parser."""
     p = verb("add", webhook_add, "add a webhook to a server; its URL is checked now "

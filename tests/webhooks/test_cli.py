@@ -87,3 +87,18 @@ class WebhookCommandTests(CLITestCase):
                          ("MessageHeld", "acme/web", []))
         self.assertEqual((yield defer.ensureDeferred(
             self.json("webhook", "deliveries", "--status", "failed"))), [])
+
+
+class ConfigCheckTests(CLITestCase):
+    async def test_webhooks_shown_and_their_ca_file_checked(self):
+        data = await self.json("config", "check")
+        self.assertEqual(data["webhooks"], {
+            "enabled": True, "allow_private_addresses": False,
+            "retry_delays": [120.0, 180.0, 360.0, 600.0, 900.0], "ca_certificates": None})
+        self.assertIn("\nwebhooks:        on (private addresses refused; 5 retries; https "
+                      "trusts the system's CAs)", await self.ok("config", "check"))
+        with open(self.config, "a") as f:
+            f.write('[webhooks]\nca_certificates = "missing.pem"\n')
+        line = await self.error("config", "check")
+        self.assertEqual(line, f"mailgw: config error: webhooks.ca_certificates: cannot read "
+                               f"{self.folder}/missing.pem: No such file or directory")
