@@ -4,7 +4,8 @@ key`` prints, for what its relay does with the mail (delivered, delayed then
 delivered, failed with a bounce) and for mail held at acceptance
 (development mode); a receiver that is down gets its request once it is
 back, after a restart of the gateway; two nodes on one PostgreSQL send each
-request once.
+request once. With the default settings a loopback URL is refused, at
+``webhook add`` and at send; a CA file that cannot be read stops the start.
 
 One gateway serves all the scenarios of a class: its start is the slow part.
 """
