@@ -40,6 +40,19 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+class _Quiet(protocol.Factory):
+    """The agent's connection factory without its "Starting factory" and
+    "Stopping factory" log lines, a pair per request otherwise."""
+
+    noisy = False
+
+    def __init__(self, factory):
+        self._factory = factory
+
+    def buildProtocol(self, addr):
+        return self._factory.buildProtocol(addr)
+
+
 @implementer(IStreamClientEndpoint)
 class _SequentialEndpoint:
     """Connects to each of C{candidates} (endpoints) in turn until one answers."""
@@ -49,10 +62,10 @@ class _SequentialEndpoint:
 
     @defer.inlineCallbacks
     def connect(self, factory):
-        last = None
+        last, quiet = None, _Quiet(factory)
         for endpoint in self._candidates:
             try:
-                return (yield endpoint.connect(factory))
+                return (yield endpoint.connect(quiet))
             except defer.CancelledError:
                 raise
             except Exception as e:
