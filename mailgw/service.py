@@ -45,6 +45,7 @@ from mailgw.submission import CoreSettings, SubmissionCore
 from mailgw.tls import TLSOptions
 from mailgw.web.api import api_listener_service, build_api_site
 from mailgw.web.health import health_site
+from mailgw.webhooks.events import domain_checked
 from mailgw.webhooks.sender import tls_policy
 from mailgw.webhooks.service import WebhookService
 
@@ -174,6 +175,9 @@ class GatewayService(service.MultiService):
             self.dns_monitor = DNSMonitor(
                 self.store, functools.partial(monitor_lookup, config, reactor), config.dns,
                 reactor, self.metrics)
+            # DomainDNSError webhooks (docs/webhooks.md), recorded whether or
+            # not this node sends webhooks
+            self.dns_monitor.after_check = functools.partial(domain_checked, self.store)
             self.dns_monitor.setServiceParent(self.after_store)
         self.relay = None
         if config.relay.enabled:

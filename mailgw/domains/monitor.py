@@ -117,6 +117,10 @@ class DNSMonitor(service.Service):
         self.interval = dns_config.check_interval
         self._loop = None
         self._round = None
+        #: called after each kept result with C{(domain, status, rows, checked
+        #: at)}, may return a Deferred (the gateway writes DomainDNSError
+        #: webhooks with it, docs/webhooks.md)
+        self.after_check = None
 
     def startService(self):
         super().startService()
@@ -172,8 +176,14 @@ class DNSMonitor(service.Service):
             rows, status, detail = [], "Error", str(e)
         if not self.running:
             return status
-        await self.store.record_dns_check(domain.id, self.clock.seconds(), status,
-                                          json.dumps(rows))
+        checked_at = self.clock.seconds()
+        await self.store.record_dns_check(domain.id, checked_at, status, json.dumps(rows))
+        if self.after_check is not None:
+            try:
+                await self.after_check(domain, status, rows, checked_at)
+            except Exception:
+                log.failure("domain DNS check: {domain}: what follows a check failed",
+                            domain=domain.name)
         if self.metrics is not None:
             self.metrics.domain_dns_checks.labels(status).inc()
         changed = domain.dns_status is not None and domain.dns_status != status

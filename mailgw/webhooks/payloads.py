@@ -14,13 +14,14 @@ import email.errors
 import email.parser
 import email.policy
 import json
+import uuid as uuidlib
 from email.header import decode_header, make_header
 
 #: the events a webhook may ask for, with Postal's names. Postal's
 #: MessageLinkClicked and MessageLoaded need click and open tracking, which a
-#: submission gateway does not do; DomainDNSError is sent by Postal's
-#: scheduled DNS checks, which this gateway does not run (C{mailgw domain
-#: check} is the operator's own look).
+#: submission gateway does not do. DomainDNSError comes from the gateway's
+#: periodic DNS checks (as Postal's from its scheduled ones), not from
+#: C{mailgw domain check}, the operator's own look.
 EVENTS = ("MessageSent", "MessageDelayed", "MessageDeliveryFailed", "MessageHeld",
           "MessageBounced", "DomainDNSError")
 
@@ -131,3 +132,60 @@ def request_body(event: str, timestamp: float, payload: dict, uuid: str) -> byte
     """
     return json.dumps({"event": event, "timestamp": timestamp, "payload": payload,
                        "uuid": uuid}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+#: a namespace for the uuids of things that have none of their own (servers
+#: and domains): the same on every node, as the ids they are made from
+_UUIDS = uuidlib.UUID("6f0b1c3e-5d2a-4c87-9e61-3b8f2a7d4c10")
+
+
+def stable_uuid(kind: str, ident: int) -> str:
+    """A uuid for C{kind} number C{ident} (RFC 4122 version 5): Postal's
+    payloads name servers and domains by uuid, which mailgw does not keep."""
+    return str(uuidlib.uuid5(_UUIDS, f"{kind}:{ident}"))
+
+
+def _worst(rows, purpose):
+    """C{(status, error)} of the records of C{purpose}: the worst of them,
+    and what is wrong with it (C{None} when all are OK); C{(None, None)}
+    when none was checked (no return path configured)."""
+    order = ("OK", "Missing", "Invalid")
+    found = [r for r in rows if r["purpose"] == purpose]
+    if not found:
+        return None, None
+    worst = max(found, key=lambda r: order.index(r["status"]) if r["status"] in order else 3)
+    if worst["status"] == "OK":
+        return "OK", None
+    error = f"{worst['name']}: {worst['status']}; expected {worst['expected']}"
+    if worst["found"]:
+        error += f"; found {', '.join(str(f) for f in worst['found'])}"
+    return worst["status"], error
+
+
+def dns_ok(rows) -> bool:
+    """Postal's rule for a domain's DNS: SPF and DKIM OK, the MX and return
+    path records OK or missing.
+
+    @param rows: a DNS check's records (L{mailgw.domains.monitor.row}).
+    """
+    status = {p: _worst(rows, p)[0] for p in ("spf", "dkim", "mx", "return_path")}
+    return (status["spf"] == "OK" and status["dkim"] == "OK"
+            and status["mx"] in ("OK", "Missing", None)
+            and status["return_path"] in ("OK", "Missing", None))
+
+
+def dns_error_payload(server, domain, checked_at: float, rows) -> dict:
+    """The payload of DomainDNSError, in Postal's shape.
+
+    @param server: the L{mailgw.model.Server} owning the domain.
+    @param domain: the L{mailgw.model.Domain}.
+    """
+    payload = {"server": {"uuid": stable_uuid("server", server.id), "name": server.name,
+                          "permalink": server.permalink,
+                          "organization": server.organization_permalink},
+               "domain": domain.name, "uuid": stable_uuid("domain", domain.id),
+               "dns_checked_at": checked_at}
+    for purpose in ("spf", "dkim", "mx", "return_path"):
+        status, error = _worst(rows, purpose)
+        payload[f"{purpose}_status"], payload[f"{purpose}_error"] = status, error
+    return payload
