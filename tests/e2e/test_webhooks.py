@@ -4,8 +4,9 @@ key`` prints, for what its relay does with the mail (delivered, delayed then
 delivered, failed with a bounce) and for mail held at acceptance
 (development mode); a receiver that is down gets its request once it is
 back, after a restart of the gateway; two nodes on one PostgreSQL send each
-request once. With the default settings a loopback URL is refused, at
-``webhook add`` and at send; a CA file that cannot be read stops the start.
+request once; the periodic DNS check sends DomainDNSError. With the default
+settings a loopback URL is refused, at ``webhook add`` and at send; a CA file
+that cannot be read stops the start.
 
 One gateway serves all the scenarios of a class: its start is the slow part.
 """
@@ -26,6 +27,7 @@ from mailgw.store import open_store
 from tests.e2e.gateway import ROOT, Gateway, mailgw_cli, write_config
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.relay.sink import Sink
+from tests.relay.zone import Zone, serve
 from tests.webhooks.receiver import (
     BOUNCE_KEYS, DELIVERY_KEYS, MESSAGE_KEYS, Receiver, verify,
 )
@@ -272,6 +274,31 @@ class PrivateAddressTests(WebhookGatewayBase):
                                              r"127\.0\.0\.1 is a local address")
         metrics = yield threads.deferToThread(_metrics, self.gateway.metrics_port)
         self.assertIn('mailgw_webhook_deliveries_total{outcome="refused"} 1.0', metrics)
+
+
+class DomainDNSErrorTests(WebhookGatewayBase):
+    """The gateway's periodic DNS check, against a DNS server on loopback
+    where good.example publishes nothing, sends DomainDNSError."""
+
+    def extra_tables(self):
+        self.zone = Zone({})
+        return f'[dns]\nresolver = "{serve(self, self.zone)}"\ncheck_interval = 1\n'
+
+    @defer.inlineCallbacks
+    def test_signed_and_shaped_as_postal(self):
+        yield self.add_webhook("DomainDNSError")
+        public_pem = yield self.public_key()
+        hits = yield self.receiver.wait_for_event("DomainDNSError")
+        verify(public_pem, hits[0])
+        payload = hits[0].json["payload"]
+        self.assertEqual(set(payload), {
+            "server", "domain", "uuid", "dns_checked_at", "spf_status", "spf_error",
+            "dkim_status", "dkim_error", "mx_status", "mx_error", "return_path_status",
+            "return_path_error"})
+        self.assertEqual((payload["domain"], payload["server"]["permalink"],
+                          payload["server"]["organization"], payload["spf_status"],
+                          payload["dkim_status"], payload["mx_status"]),
+                         ("good.example", "web", "acme", "Missing", "Missing", "Missing"))
 
 
 class TwoNodeWebhookTests(WebhookGatewayBase):
