@@ -6,8 +6,8 @@ loopback, private networks (RFC 1918, RFC 4193), link-local (cloud metadata
 services live at 169.254.169.254), this node's own addresses and anything
 else that is not globally reachable. Such URLs are refused when a webhook
 is added and again when each request is sent: the host name is resolved,
-every address it has is checked, and the request connects to the address
-that was checked (never resolving the name a second time, which a DNS
+every address it has is checked, and the request connects to the addresses
+that were checked (never resolving the name a second time, which a DNS
 answer with a short TTL could point elsewhere). C{[webhooks]
 allow_private_addresses = true} lifts the check.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, threads
@@ -35,8 +35,9 @@ class Unresolvable(Exception):
 @dataclass(frozen=True)
 class WebhookURL:
     """A webhook URL taken apart: C{scheme} (http or https), C{host} (a
-    name, or an address without brackets) and C{port}."""
-    url: str
+    name, or an address without brackets) and C{port}. The URL itself stays
+    out of the repr (see L{shown_url})."""
+    url: str = field(repr=False)
     scheme: str
     host: str
     port: int
