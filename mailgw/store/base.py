@@ -669,22 +669,33 @@ def _claim_due(node_id, now, lease, limit, lock):
     return [Claim(e, *extra[e.id]) for e in entries]
 
 
-def _renew_leases(node_id, entry_ids, until):
-    if not entry_ids:
+def renew_leases_of(table: str, pending: str, node_id, ids, until):
+    """Extend C{node_id}'s leases on the rows C{ids} of C{table} (the queue,
+    or webhook requests) still in status C{pending}. @return: how many."""
+    if not ids:
         return 0
-    rows = yield Q(f"UPDATE queue SET locked_until = ? WHERE locked_by = ? AND "
-                   f"status = 'queued' AND id IN {_ids_clause(entry_ids)} RETURNING id",
-                   (until, node_id, *entry_ids))
+    rows = yield Q(f"UPDATE {table} SET locked_until = ? WHERE locked_by = ? AND "
+                   f"status = '{pending}' AND id IN {_ids_clause(ids)} RETURNING id",
+                   (until, node_id, *ids))
     return len(rows)
+
+
+def release_leases_of(table: str, node_id, ids):
+    """Give up C{node_id}'s leases on the rows C{ids} of C{table}. @return: how many."""
+    if not ids:
+        return 0
+    rows = yield Q(f"UPDATE {table} SET locked_by = NULL, locked_until = NULL WHERE "
+                   f"locked_by = ? AND id IN {_ids_clause(ids)} RETURNING id",
+                   (node_id, *ids))
+    return len(rows)
+
+
+def _renew_leases(node_id, entry_ids, until):
+    return (yield from renew_leases_of("queue", "queued", node_id, entry_ids, until))
 
 
 def _release_leases(node_id, entry_ids):
-    if not entry_ids:
-        return 0
-    rows = yield Q(f"UPDATE queue SET locked_by = NULL, locked_until = NULL WHERE "
-                   f"locked_by = ? AND id IN {_ids_clause(entry_ids)} RETURNING id",
-                   (node_id, *entry_ids))
-    return len(rows)
+    return (yield from release_leases_of("queue", node_id, entry_ids))
 
 
 def _read_body_chunk(message_id, seq):

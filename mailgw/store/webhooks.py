@@ -18,7 +18,9 @@ from twisted.internet import threads
 
 from mailgw.interfaces import NotFound
 from mailgw.model import Webhook, WebhookAttempt, WebhookRequest
-from mailgw.store.base import _QUEUE_SELECT, Q, _entry, _ids_clause, _require_server
+from mailgw.store.base import (
+    _QUEUE_SELECT, Q, _entry, _ids_clause, _require_server, release_leases_of, renew_leases_of,
+)
 from mailgw.webhooks import payloads, signing
 
 _WEBHOOK_SELECT = (
@@ -230,21 +232,11 @@ def _claim_webhook_requests(node_id, now, lease, limit, lock):
 
 
 def _renew_webhook_leases(node_id, ids, until):
-    if not ids:
-        return 0
-    rows = yield Q(f"UPDATE webhook_requests SET locked_until = ? WHERE locked_by = ? AND "
-                   f"status = 'pending' AND id IN {_ids_clause(ids)} RETURNING id",
-                   (until, node_id, *ids))
-    return len(rows)
+    return (yield from renew_leases_of("webhook_requests", "pending", node_id, ids, until))
 
 
 def _release_webhook_leases(node_id, ids):
-    if not ids:
-        return 0
-    rows = yield Q(f"UPDATE webhook_requests SET locked_by = NULL, locked_until = NULL "
-                   f"WHERE locked_by = ? AND id IN {_ids_clause(ids)} RETURNING id",
-                   (node_id, *ids))
-    return len(rows)
+    return (yield from release_leases_of("webhook_requests", node_id, ids))
 
 
 def _settle_webhook_request(request_id, node_id, attempt, next_attempt_at):
