@@ -191,3 +191,21 @@ def send_raw(api_port: int, key: str, message: bytes, mail_from="app@good.exampl
                          "data": base64.b64encode(message).decode()}).encode())
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def send_smtp(port: int, key: str, message: bytes, mail_from="app@good.example",
+              rcpt_to=("user@dest.example",)) -> tuple[int, bytes]:
+    """One message through the gateway's plain listener on C{port} with
+    smtplib, AUTH with C{key}: the final dot's C{(code, text)}."""
+    import smtplib
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    try:
+        client.login("anyone", key)
+        client.mail(mail_from)
+        for rcpt in rcpt_to:
+            client.rcpt(rcpt)
+        code, text = client.data(message)
+        client.quit()
+    finally:
+        client.close()
+    return code, text

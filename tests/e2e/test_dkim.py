@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import smtplib
 import subprocess
 
 import dkim
@@ -23,7 +22,7 @@ import dns.resolver
 from twisted.internet import defer, reactor, threads
 from twisted.names import dns as tdns
 
-from tests.e2e.gateway import mailgw_cli, send_raw
+from tests.e2e.gateway import mailgw_cli, send_raw, send_smtp
 from tests.e2e.test_relay import SETTLE_TIMEOUT
 from tests.e2e.test_submission import GatewayTestBase
 from tests.relay.sink import Sink
@@ -94,13 +93,8 @@ class DKIMEndToEndTests(GatewayTestBase):
         return threads.deferToThread(mailgw_cli, self.config, *args)
 
     def send_smtp(self, message: bytes):
-        client = smtplib.SMTP("127.0.0.1", self.gateway.port(), timeout=30)
-        try:
-            client.login("anyone", self.key)
-            client.sendmail("app@good.example", ["user@dest.example"], message)
-            client.quit()
-        finally:
-            client.close()
+        code, text = send_smtp(self.gateway.port(), self.key, message)
+        self.assertEqual(code, 250, text)
 
     def send_api(self, key: str, message: bytes):
         answer = send_raw(self.gateway.api_port, key, message)

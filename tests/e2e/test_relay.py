@@ -13,11 +13,10 @@ threads.
 from __future__ import annotations
 
 import re
-import smtplib
 
 from twisted.internet import defer, reactor, task, threads
 
-from tests.e2e.gateway import mailgw_cli
+from tests.e2e.gateway import mailgw_cli, send_smtp
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.relay.sink import Sink
 
@@ -58,16 +57,7 @@ class RelayGatewayTests(GatewayTestBase):
 
     def submit(self, rcpts=("user@dest.example",)):
         def send():
-            client = smtplib.SMTP("127.0.0.1", self.gateway.port(), timeout=30)
-            try:
-                client.login("anyone", self.key)
-                client.mail("app@good.example")
-                for rcpt in rcpts:
-                    client.rcpt(rcpt)
-                code, text = client.data(MESSAGE)
-                client.quit()
-            finally:
-                client.close()
+            code, text = send_smtp(self.gateway.port(), self.key, MESSAGE, rcpt_to=rcpts)
             self.assertEqual(code, 250)
             return QUEUED.match(text.decode()).group(1)
         return threads.deferToThread(send)

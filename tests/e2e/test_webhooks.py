@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import smtplib
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from mailgw.store import open_store
-from tests.e2e.gateway import ROOT, Gateway, mailgw_cli, write_config
+from tests.e2e.gateway import Gateway, ROOT, mailgw_cli, send_smtp, write_config
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.relay.sink import Sink
 from tests.relay.zone import Zone, serve
@@ -69,16 +68,7 @@ class WebhookGatewayBase(GatewayTestBase):
 
     def submit(self, rcpts=("user@dest.example",), key=None):
         def send():
-            client = smtplib.SMTP("127.0.0.1", self.gateway.port(), timeout=30)
-            try:
-                client.login("anyone", key or self.key)
-                client.mail("app@good.example")
-                for rcpt in rcpts:
-                    client.rcpt(rcpt)
-                code, text = client.data(MESSAGE)
-                client.quit()
-            finally:
-                client.close()
+            code, text = send_smtp(self.gateway.port(), key or self.key, MESSAGE, rcpt_to=rcpts)
             self.assertEqual(code, 250)
             return QUEUED.match(text.decode()).group(1)
         return threads.deferToThread(send)
