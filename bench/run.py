@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from bench import api, haraka, load, relay, servers
+from bench import api, haraka, load, postgres, relay, servers
 
 MB = 1024 * 1024
 
@@ -385,6 +385,13 @@ def targets(rows: list[Row]) -> list[tuple[str, bool]]:
             found.append((f"(a) mailgw CPU per stored message = {mine.cpu_per_1000:.2f} ms "
                           "(target <= 1.0 ms)", mine.cpu_per_1000 <= 1.0))
     against_best("(b)", 1.1)
+    sqlite, pg = by.get(("(a)", "mailgw")), by.get(("(a)", "mailgw-pg"))
+    if sqlite and pg and sqlite.rate:
+        ratio = pg.rate / sqlite.rate
+        found.append((f"(a) mailgw on PostgreSQL/on SQLite msg/s = {pg.rate:.0f}/"
+                      f"{sqlite.rate:.0f} = {ratio:.2f}x, p99 {_f(pg.p99)} ms "
+                      "(target >= 0.9x, p99 <= 100 ms)",
+                      ratio >= 0.9 and pg.p99 is not None and pg.p99 <= 100 and not pg.errors))
     mine, _ = pair("(c)")
     if mine:
         found.append((f"(c) mailgw RSS growth for the large message = "
@@ -447,9 +454,10 @@ def parse_args(argv):
     size.add_argument("--smoke", action="store_true", help="a handful of messages")
     parser.add_argument("--scenarios", default="a,b,c,d,d',e,f",
                         help="comma-separated of a,b,c,d,d',e,f (default: all)")
-    parser.add_argument("--servers", default="mailgw,aiosmtpd,haraka",
-                        help="comma-separated of mailgw,aiosmtpd,haraka (haraka is left "
-                             "out, with a note, when npm cannot install it)")
+    parser.add_argument("--servers", default="mailgw,mailgw-pg,aiosmtpd,haraka",
+                        help="comma-separated of mailgw,mailgw-pg,aiosmtpd,haraka "
+                             "(mailgw-pg: mailgw on a durable PostgreSQL; it and haraka are "
+                             "left out, with a note, when PostgreSQL or npm are missing)")
     parser.add_argument("--variants", default="", metavar="LEVERS,...",
                         help="also measure mailgw patched with these lever sets "
                              "(bench/levers.py), e.g. nolog,nosync+notouch")
@@ -479,6 +487,7 @@ def main(argv=None) -> int:
     print(f"bench: {machine()}", flush=True)
     print(f"bench: RLIMIT_NOFILE {nofile}; work folder {folder}", flush=True)
     rows, relay_rows, api_row = [], [], None
+    cluster = None
     try:
         cert, key_path = servers.write_certificate(folder)
         config = servers.write_mailgw_config(folder, cert, key_path)
@@ -487,6 +496,15 @@ def main(argv=None) -> int:
         processes = {"mailgw": lambda: servers.mailgw_process(folder, config),
                      "aiosmtpd": lambda: servers.baseline_process(folder, cert, key_path,
                                                                   password)}
+        passwords = {}
+        if "mailgw-pg" in names and set(keys) - {"e", "f"}:
+            cluster, pg_config, pg_password = postgres.start(folder, cert, key_path)
+            if cluster is None:
+                print(f"bench: going on without mailgw on PostgreSQL: {pg_config}", flush=True)
+                names.remove("mailgw-pg")
+            else:
+                processes["mailgw-pg"] = lambda: postgres.process(pg_config)
+                passwords["mailgw-pg"] = pg_password
         if "haraka" in names and set(keys) - {"e", "f"}:
             path, why = haraka.executable()
             if path is None:
@@ -505,7 +523,8 @@ def main(argv=None) -> int:
                       d_count=scale.d_count, d_tls_count=scale.d_tls_count,
                       e_messages=scale.e_messages, f_messages=scale.f_messages)
         def target_of(process):
-            return load.Target(process.name, "127.0.0.1", process.port, password, context)
+            return load.Target(process.name, "127.0.0.1", process.port,
+                               passwords.get(process.name, password), context)
 
         for key in keys:
             if key == "e":
@@ -547,6 +566,8 @@ def main(argv=None) -> int:
                     merged[name] = merged[name].merge(row) if name in merged else row
             rows += [merged[name] for name in names]
     finally:
+        if cluster is not None:
+            cluster.destroy()
         if args.keep:
             print(f"bench: kept {folder}")
         else:

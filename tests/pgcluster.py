@@ -12,7 +12,7 @@ Two uses:
   - A test that needs an outage starts its own cluster with L{start_cluster}
     and calls L{Cluster.stop_server} / L{Cluster.start_server}.
 
-The clusters are for tests only: fsync is off.
+The test clusters run with fsync off; the bench starts a durable one (C{durable=True}).
 """
 from __future__ import annotations
 
@@ -94,7 +94,12 @@ class Cluster:
     """
 
     def __init__(self, tmpdir: str | None = None, bindir: str | None = None,
-                 root: str | None = None):
+                 root: str | None = None, durable: bool = False):
+        """
+        @param durable: fsync, synchronous commits and full page writes on,
+            as a production server runs (the bench); else off, for speed.
+        """
+        self.durable = durable
         self.bindir = bindir or find_bindir()
         if self.bindir is None:
             raise ClusterError("PostgreSQL server programs (initdb, pg_ctl) not found; "
@@ -168,8 +173,9 @@ class Cluster:
             if first:
                 self.port = free_port()
             options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                        "-c max_connections=200")
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             proc = self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.log,
                              "-w", "-t", "60", "start")
             if proc.returncode == 0:
