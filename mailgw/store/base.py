@@ -647,17 +647,27 @@ def _ids_clause(ids) -> str:
     return "(" + ", ".join("?" for _ in ids) + ")"
 
 
-def _claim_due(node_id, now, lease, limit, lock):
+def claim_rows_of(table: str, claimable: str, node_id, now, lease, limit, lock):
+    """Lease up to C{limit} rows of C{table} (the queue, or webhook
+    requests) that are C{claimable} (a condition with two C{?} for C{now}:
+    due, and no lease in force) to C{node_id}.
+
+    @return: the claimed ids, in order.
+    """
     # MATERIALIZED: the candidates are chosen once. As a plain subquery,
     # PostgreSQL may re-run it per row, and a re-run no longer sees the rows
     # already updated, so it would hand out more than the limit.
     rows = yield Q(
-        f"WITH due AS MATERIALIZED (SELECT id FROM queue WHERE {_CLAIMABLE} "
+        f"WITH due AS MATERIALIZED (SELECT id FROM {table} WHERE {claimable} "
         f"ORDER BY next_attempt_at, id LIMIT ?{lock}) "
-        f"UPDATE queue SET locked_by = ?, locked_until = ?, updated_at = ? "
-        f"WHERE id IN (SELECT id FROM due) AND {_CLAIMABLE} RETURNING id",
+        f"UPDATE {table} SET locked_by = ?, locked_until = ?, updated_at = ? "
+        f"WHERE id IN (SELECT id FROM due) AND {claimable} RETURNING id",
         (now, now, int(limit), node_id, now + lease, now, now, now))
-    ids = sorted(r[0] for r in rows)
+    return sorted(r[0] for r in rows)
+
+
+def _claim_due(node_id, now, lease, limit, lock):
+    ids = yield from claim_rows_of("queue", _CLAIMABLE, node_id, now, lease, limit, lock)
     if not ids:
         return []
     rows = yield Q(_QUEUE_SELECT + f" WHERE q.id IN {_ids_clause(ids)} ORDER BY q.id",

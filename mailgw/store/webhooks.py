@@ -19,7 +19,8 @@ from twisted.internet import threads
 from mailgw.interfaces import NotFound
 from mailgw.model import Webhook, WebhookAttempt, WebhookRequest
 from mailgw.store.base import (
-    _QUEUE_SELECT, Q, _entry, _ids_clause, _require_server, release_leases_of, renew_leases_of,
+    _QUEUE_SELECT, Q, _entry, _ids_clause, _require_server, claim_rows_of, release_leases_of,
+    renew_leases_of,
 )
 from mailgw.webhooks import payloads, signing
 
@@ -216,14 +217,8 @@ def held_events(ids, hold_reason, now):
 # -- the outbox: claims, settles, history ----------------------------------------------
 
 def _claim_webhook_requests(node_id, now, lease, limit, lock):
-    # as _claim_due in base.py: candidates chosen once, conditions re-checked
-    rows = yield Q(
-        f"WITH due AS MATERIALIZED (SELECT id FROM webhook_requests WHERE {_DUE} "
-        f"ORDER BY next_attempt_at, id LIMIT ?{lock}) "
-        f"UPDATE webhook_requests SET locked_by = ?, locked_until = ?, updated_at = ? "
-        f"WHERE id IN (SELECT id FROM due) AND {_DUE} RETURNING id",
-        (now, now, int(limit), node_id, now + lease, now, now, now))
-    ids = sorted(r[0] for r in rows)
+    ids = yield from claim_rows_of("webhook_requests", _DUE, node_id, now, lease, limit,
+                                   lock)
     if not ids:
         return []
     rows = yield Q(_REQUEST_SELECT + f" WHERE r.id IN {_ids_clause(ids)} ORDER BY r.id",
