@@ -93,6 +93,20 @@ class BrowserCase(unittest.TestCase):
         return chromium, driver_path
 
     @classmethod
+    def open_shared(cls, gateway, listeners: int):
+        """Start C{gateway} (with C{listeners} SMTP listeners) and the
+        browser the class's tests share; the gateway stops if the browser
+        does not start."""
+        cls.gateway = gateway
+        gateway.start(listeners)
+        cls.base = f"http://127.0.0.1:{gateway.web_port}"
+        try:
+            cls.browser = cls.new_browser()
+        except Exception:
+            gateway.stop()
+            raise
+
+    @classmethod
     def new_browser(cls):
         """Headless Chromium under Selenium."""
         from selenium import webdriver
@@ -233,14 +247,7 @@ class BrowserTests(BrowserCase):
         mailgw_cli(cls.config, "--json", "org", "add", "other", "--name", "Other Ltd")
         cli_with_password(cls.config, "user", "add", ADMIN, "--admin")
         cli_with_password(cls.config, "user", "add", BOB, "--org", "other")
-        cls.gateway = Gateway(cls.folder, cls.config, web=True)
-        cls.gateway.start(1)
-        cls.base = f"http://127.0.0.1:{cls.gateway.web_port}"
-        try:
-            cls.browser = cls.new_browser()
-        except Exception:
-            cls.gateway.stop()
-            raise
+        cls.open_shared(Gateway(cls.folder, cls.config, web=True), 1)
 
     # -- the journeys --------------------------------------------------------------------
 
@@ -395,14 +402,7 @@ class MakeRunTests(BrowserCase):
         assert setup.returncode == 0, setup.stderr
         cls.printed = setup.stdout
         cls.cafile = os.path.join(var, "tls", "cert.pem")
-        cls.gateway = Gateway(var, cls.config, http_api=True, web=True)
-        cls.gateway.start(2)
-        cls.base = f"http://127.0.0.1:{cls.gateway.web_port}"
-        try:
-            cls.browser = cls.new_browser()
-        except Exception:
-            cls.gateway.stop()
-            raise
+        cls.open_shared(Gateway(var, cls.config, http_api=True, web=True), 2)
 
     def test_from_the_printed_link_to_sent_mail(self):
         [link] = re.findall(r"(?m)^  (http://127\.0\.0\.1:\d+/set-password\?token=\S+)$",
