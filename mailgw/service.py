@@ -22,7 +22,6 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailgw.auth.guard import AuthenticationGuard
 from mailgw.auth.realm import build_portal
@@ -35,6 +34,7 @@ from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
 from mailgw.smtp.proxy_listener import ProxyProtocolFactory
+from mailgw.smtp.tlslayer import DirectTLSFactory
 from mailgw.relay.destinations import node_addresses
 from mailgw.relay.service import RelayService
 from mailgw.store import open_store
@@ -227,7 +227,7 @@ class GatewayService(service.MultiService):
         self.gates.append(factory)
         wrapped = factory
         if listener.tls == "implicit":
-            wrapped = TLSMemoryBIOFactory(self.tls, False, wrapped)
+            wrapped = DirectTLSFactory(self.tls, False, wrapped)
         if listener.proxy_protocol:
             wrapped = ProxyProtocolFactory(wrapped, listener.trusted_proxies, self.reactor,
                                            listener.tls_handshake_timeout)

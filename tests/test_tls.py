@@ -15,12 +15,12 @@ from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineReceiver
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from mailgw.admin.devsetup import make_certificate
 from mailgw.config import TLSConfig
 from mailgw.metrics import Metrics
+from mailgw.smtp.tlslayer import DirectTLSFactory
 from mailgw.tls import TLSConfigError, TLSOptions
 from tests.tlsclients import insecure_context, make_pair, python_handshake, s_client, write_file
 
@@ -74,7 +74,7 @@ class TLSTestBase(unittest.TestCase):
         """Serve implicit TLS with C{options} on 127.0.0.1; the port."""
         factory = protocol.ServerFactory.forProtocol(LineServer)
         factory.open = []
-        port = reactor.listenTCP(0, TLSMemoryBIOFactory(options, False, factory),
+        port = reactor.listenTCP(0, DirectTLSFactory(options, False, factory),
                                  interface="127.0.0.1")
 
         def close():

@@ -32,6 +32,7 @@ from mailgw.smtp import replies
 from mailgw.smtp.body import BodyDecoder
 from mailgw.smtp.replies import SMTPReply
 from mailgw.smtp.session import Session
+from mailgw.smtp.tlslayer import start_tls
 
 log = Logger()
 
@@ -434,7 +435,7 @@ class SubmissionProtocol(Protocol):
         self._set_avatar(None, None)
         self.session = Session(self.session.trace_id, self.settings.hostname,
                                self.client_ip, tls=True, attempts=self._attempts)
-        self.transport.startTLS(self.factory.tls_options.server_options())
+        start_tls(self.transport, self.factory.tls_options.server_options())
         self._start_handshake_timer()
 
     # AUTH ----------------------------------------------------------------
