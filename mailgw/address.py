@@ -13,6 +13,7 @@ a well-formed list raises :class:`AddressError` instead of being guessed at.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ _MAX_LOCAL = 64  # RFC 5321 §4.5.3.1.1
 _MAX_DOMAIN = 253
 # Bounds the IDNA work on hostile input; UTS #46 may drop characters, hence the slack.
 _MAX_DOMAIN_INPUT = 1024
+#: Results of the parsers below are kept for texts up to this long: one
+#: application sends from one address to a few, message after message, and
+#: every parse is pure. Longer texts (and every error) are parsed each time.
+_REMEMBERED_TEXT = 512
+_REMEMBERED = 4096
 
 
 class AddressError(ValueError):
@@ -96,6 +102,17 @@ def normalise_domain(name: str) -> str | None:
     dot) or of an address literal, or ``None`` when it is not a valid mail domain."""
     if not isinstance(name, str) or not name or len(name) > _MAX_DOMAIN_INPUT:
         return None
+    if len(name) <= _REMEMBERED_TEXT:
+        return _remembered_domain(name)
+    return _normalise_domain(name)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _remembered_domain(name: str) -> str | None:
+    return _normalise_domain(name)
+
+
+def _normalise_domain(name: str) -> str | None:
     if name.startswith("["):
         return _normalise_literal(name)
     if name.isascii():
@@ -151,6 +168,17 @@ def parse_path(text: str, *, allow_empty: bool) -> Mailbox | None:
     otherwise an error.  A source route is checked and dropped.  A bare
     ``local@domain`` without brackets is tolerated because many clients send it.
     """
+    if len(text) <= _REMEMBERED_TEXT:
+        return _remembered_path(text, allow_empty)
+    return _parse_path(text, allow_empty)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _remembered_path(text: str, allow_empty: bool) -> Mailbox | None:
+    return _parse_path(text, allow_empty)
+
+
+def _parse_path(text: str, allow_empty: bool) -> Mailbox | None:
     text = text.strip(" \t")
     if text in ("", "<>"):
         if allow_empty:
@@ -266,7 +294,14 @@ def parse_mailbox_list(value: str) -> list[Mailbox]:
     Display names, comments and encoded words are read only to be skipped; anything
     that is not a valid list raises :class:`AddressError`.
     """
+    if len(value) <= _REMEMBERED_TEXT:
+        return list(_remembered_list(value))
     return _ListParser(_tokenize(value)).address_list()
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _remembered_list(value: str) -> tuple[Mailbox, ...]:
+    return tuple(_ListParser(_tokenize(value)).address_list())
 
 
 _SPECIALS = frozenset("<>@,;:.")

@@ -404,3 +404,31 @@ class ASCIIFastPathTests(unittest.TestCase):
                     map(address._LDH_LABEL.fullmatch, labels)):
                 slow = None
         self.assertEqual(normalise_domain(name), slow)
+
+
+class RememberedResultsTests(unittest.TestCase):
+    """The parsers keep their results for short texts: what they return must
+    not change because an earlier caller got (and changed) the same result."""
+
+    def test_mailbox_list_is_a_new_list_each_time(self):
+        first = parse_mailbox_list("A <a@example.com>, b@example.org")
+        first.append("changed by a caller")
+        self.assertEqual(parse_mailbox_list("A <a@example.com>, b@example.org"),
+                         [Mailbox("a", "example.com"), Mailbox("b", "example.org")])
+
+    def test_errors_are_raised_every_time(self):
+        for _ in range(2):
+            self.assertRaises(AddressError, parse_path, "<a@@example.com>", allow_empty=False)
+            self.assertRaises(AddressError, parse_mailbox_list, "a@example.com,,<")
+        self.assertIsNone(parse_path("<>", allow_empty=True))
+        self.assertRaises(AddressError, parse_path, "<>", allow_empty=False)
+
+    def test_long_texts_parse_as_short_ones(self):
+        local = "x" * 60
+        names = ", ".join(f"{local}{i}@example.com" for i in range(20))
+        self.assertGreater(len(names), address._REMEMBERED_TEXT)
+        self.assertEqual(len(parse_mailbox_list(names)), 20)
+        long_domain = ".".join(["a" * 60] * 9) + ".example"
+        self.assertGreater(len(long_domain), address._MAX_DOMAIN)
+        self.assertIsNone(normalise_domain(long_domain))
+        self.assertEqual(normalise_domain("Example.COM."), "example.com")
