@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, protocol, reactor, tcp, threads
 from twisted.internet import ssl as tssl
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.protocols.basic import LineReceiver
@@ -15,6 +15,7 @@ from twisted.test.proto_helpers import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from mailgw.smtp import tlslayer
 from mailgw.smtp.tlslayer import DirectTLSFactory, DirectTLSProtocol, start_tls
 from tests.tlsclients import insecure_context, make_pair
 
@@ -30,6 +31,7 @@ class StartTLSLines(LineReceiver):
         self.factory.protocols.append(self)
         self.handshakes = 0
         self.held = []
+        self.buffered = []
         self.closed = defer.Deferred()
         self.sendLine(b"220 ready")
 
@@ -41,6 +43,13 @@ class StartTLSLines(LineReceiver):
         # what a write left for a later turn of the reactor
         self.held += [c for c in reactor.getDelayedCalls()
                       if getattr(c.func, "__name__", "") == "_scheduledFlush"]
+        tcp_connection = self.transport
+        while not isinstance(tcp_connection, tcp.Connection):
+            tcp_connection = tcp_connection.transport
+        if len(line) < 100 and (tcp_connection.TLS
+                                or isinstance(self.transport, DirectTLSProtocol)):
+            # a reply over TLS waits in no buffer: the socket took it at once
+            self.buffered.append(len(tcp_connection.dataBuffer) + tcp_connection._tempDataLen)
 
     def lineReceived(self, line):
         if line == b"STARTTLS":
@@ -127,6 +136,8 @@ class DirectTLSTests(unittest.TestCase):
         self.assertEqual(seen["after"], b"")
         self.assertEqual(server.handshakes, 1)
         self.assertEqual(server.held, [], "a write waited for a later reactor turn")
+        self.assertTrue(server.buffered)
+        self.assertEqual(set(server.buffered), {0})
 
     @defer.inlineCallbacks
     def test_starttls_on_a_tcp_connection(self):
@@ -159,6 +170,16 @@ class DirectTLSTests(unittest.TestCase):
         [server] = factory.protocols
         self.assertIsInstance(server.transport, DirectTLSProtocol)
         self.assertTrue(ISSLTransport.providedBy(server.transport))
+        self.assert_served(seen, server)
+
+    @defer.inlineCallbacks
+    def test_without_the_bio_lengths(self):
+        """Where pyOpenSSL does not say what its BIOs hold, the layer reads
+        until WantReadError, as Twisted does, with the same result."""
+        self.patch(tlslayer, "_bio_length", None)
+        factory, port = self.listen()
+        seen = yield threads.deferToThread(starttls_client, port)
+        [server] = factory.protocols
         self.assert_served(seen, server)
 
     def test_other_transports_start_tls_themselves(self):
