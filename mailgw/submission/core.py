@@ -81,7 +81,6 @@ class SubmissionCore:
         return received_header(self.hostname, protocol, token, self._clock.seconds(),
                                client_ip=client_ip, helo=helo, privacy=privacy)
 
-    @defer.inlineCallbacks
     def finish(self, message: IncomingMessage, *, credential_id: int, token: str,
                mail_from: str, recipients, protocol: str):
         """Check C{message} (whose last byte has been written) and commit it.
@@ -90,58 +89,81 @@ class SubmissionCore:
             commit is durable; failing with a L{mailgw.submission.Refusal}
             or the store's error. The message is closed either way.
         """
+        # Plain callbacks, not inlineCallbacks: this runs for every message,
+        # and the directory's answers usually come from memory at once.
         try:
             fields = message.end()
             if own_received_count(fields, self.hostname) > MAX_OWN_RECEIVED:
                 raise LoopDetected()
-            ids = yield self._commit(message, fields, credential_id=credential_id,
-                                     token=token, mail_from=mail_from,
-                                     recipients=recipients, protocol=protocol)
-        finally:
+            commit = _Commit(message, fields, credential_id, token, mail_from,
+                             tuple(recipients), protocol)
+            d = self._store.credential_by_id(credential_id)
+            d.addCallback(self._credential_found, commit)
+        except BaseException:
             message.close()
-        return ids
+            return defer.fail()
+        return d.addBoth(_closing, message)
 
-    @defer.inlineCallbacks
-    def _commit(self, message, fields, *, credential_id, token, mail_from, recipients,
-                protocol):
-        store = self._store
-        found = yield store.credential_by_id(credential_id)
+    def _credential_found(self, found, commit: _Commit):
         if found is None:
             raise CredentialGone()
         credential, server = found
         if server.is_suspended:
             raise ServerSuspended()
-        names, any_domain = yield store.authorised_domains(server.id)
+        d = self._store.authorised_domains(server.id)
+        return d.addCallback(self._domains_found, commit, credential, server)
+
+    def _domains_found(self, answer, commit: _Commit, credential, server):
+        names, any_domain = answer
         domain = check_sender_fields(
-            fields, allow_sender_header=server.allow_sender_header,
+            commit.fields, allow_sender_header=server.allow_sender_header,
             authorised=AuthorisedDomains(frozenset(names), any_domain))
         if domain is None:
             raise SenderNotAuthorised()
-        hold_reason = yield hold_reason_for(store, self._clock, credential, server)
+        d = hold_reason_for(self._store, self._clock, credential, server)
+        return d.addCallback(self._enqueue, commit, credential, server, domain)
+
+    def _enqueue(self, hold_reason, commit: _Commit, credential, server, domain):
         envelope = MessageEnvelope(
-            token=token, server_id=server.id, credential_id=credential.id,
-            mail_from=mail_from, rcpt_to=tuple(recipients), sender_domain=domain,
-            protocol=protocol, status="held" if hold_reason else "queued",
+            token=commit.token, server_id=server.id, credential_id=credential.id,
+            mail_from=commit.mail_from, rcpt_to=commit.recipients, sender_domain=domain,
+            protocol=commit.protocol, status="held" if hold_reason else "queued",
             hold_reason=hold_reason)
-        ids = yield store.enqueue(envelope, message.spool)
-        return ids
+        return self._store.enqueue(envelope, commit.message.spool)
 
 
-@defer.inlineCallbacks
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """What L{SubmissionCore.finish} carries from one look-up to the next."""
+
+    message: IncomingMessage
+    fields: list
+    credential_id: int
+    token: str
+    mail_from: str
+    recipients: tuple
+    protocol: str
+
+
+def _closing(result, message: IncomingMessage):
+    message.close()
+    return result
+
+
 def hold_reason_for(store, clock, credential, server):
     """Why a new message must be held rather than relayed, or C{None}.
 
     @return: Deferred firing with a short text or C{None}.
     """
     if credential.hold:
-        return "credential on hold"
+        return defer.succeed("credential on hold")
     if server.mode == "development":
-        return "server in development mode"
-    if server.send_limit is not None:
-        count = yield store.messages_since(server.id, clock.seconds() - SEND_LIMIT_WINDOW)
-        if count >= server.send_limit:
-            return "send limit reached"
-    return None
+        return defer.succeed("server in development mode")
+    if server.send_limit is None:
+        return defer.succeed(None)
+    limit = server.send_limit
+    d = store.messages_since(server.id, clock.seconds() - SEND_LIMIT_WINDOW)
+    return d.addCallback(lambda count: "send limit reached" if count >= limit else None)
 
 
 @functools.lru_cache(maxsize=8)
