@@ -45,6 +45,8 @@ class Metrics:
                                      registry=r)
         self.messages = Counter("mailgw_messages", "Messages at the final dot",
                                 ["result", "reason"], registry=r)
+        #: the child every accepted message counts in (bound once: per message)
+        self.messages_queued = self.messages.labels("accepted", "queued")
         self.queue_entries = Gauge("mailgw_queue_entries", "Queue entries by status",
                                    ["status"], registry=r)
         self.relay = Counter("mailgw_relay_deliveries", "Relay delivery attempts by outcome",

@@ -687,7 +687,7 @@ class SubmissionProtocol(Protocol):
 
     def _queued(self, token):
         self._log("queued as {token}", token=token)
-        self.metrics.messages.labels("accepted", "queued").inc()
+        self.metrics.messages_queued.inc()
         self._reply(replies.queued(token))
 
     def _rejected(self, failure):

@@ -189,11 +189,28 @@ def missing_fields(fields, *, hostname: str, token: str, clock) -> bytes:
     names = {name for name, _ in fields}
     added = b""
     if "date" not in names:
-        date = format_datetime(datetime.fromtimestamp(clock.seconds(), UTC))
+        date = message_date(clock.seconds())
         added += f"Date: {date}\r\n".encode("ascii")
     if "message-id" not in names:
         added += f"Message-ID: <{token}@{hostname}>\r\n".encode("ascii", "replace")
     return added
+
+
+def message_date(when: float) -> str:
+    """C{when} as an RFC 5322 date-time (section 3.3) in UTC, to the second.
+
+    Every message gets one or two of these (Received, and Date when it has
+    none), and many messages share a second: the text is made once per
+    second."""
+    second = int(when)
+    cached = _last_date
+    if cached[0] != second:
+        cached = _last_date[:] = [second, format_datetime(datetime.fromtimestamp(second, UTC))]
+    return cached[1]
+
+
+#: the last second L{message_date} formatted, and its text
+_last_date: list = [None, ""]
 
 
 def received_header(hostname: str, protocol: str, token: str, when: float, *,
@@ -204,7 +221,7 @@ def received_header(hostname: str, protocol: str, token: str, when: float, *,
 
     Without C{client_ip} (or with C{privacy}) only the C{by} part is written.
     """
-    date = format_datetime(datetime.fromtimestamp(when, UTC))
+    date = message_date(when)
     by = f"by {hostname} with {protocol} id {token}; {date}"
     if privacy or client_ip is None:
         return f"Received: {by}\r\n".encode()

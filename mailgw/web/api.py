@@ -140,7 +140,7 @@ class SendAPI(Resource):
         code, status, data = answer
         if self._metrics is not None and code == 200:
             if status == "success":
-                self._metrics.messages.labels("accepted", "queued").inc()
+                self._metrics.messages_queued.inc()
             else:
                 self._metrics.messages.labels("rejected", f"HTTP {data.get('code')}").inc()
         return answer

@@ -129,3 +129,18 @@ class IncomingMessageTests(unittest.TestCase):
         self.assertEqual(data.count(b"\r"), data.count(b"\r\n"))
         self.assertEqual(data.count(b"\n"), data.count(b"\r\n"))
         self.assertTrue(data.endswith(b"\r\n"))
+
+
+class MessageDateTests(unittest.TestCase):
+    """The date of Received and Date fields, made once per second."""
+
+    def test_as_email_utils_formats_it_whatever_came_before(self):
+        from datetime import UTC, datetime
+        from email.utils import format_datetime, parsedate_to_datetime
+
+        from mailgw.submission.core import message_date
+        for when in (0, 0.999, 1.0, 1_700_000_000.2, 1_700_000_000.9, 1_700_000_001.0,
+                     1_700_000_000.5, 4_102_444_799.99):
+            expected = format_datetime(datetime.fromtimestamp(int(when), UTC))
+            self.assertEqual(message_date(when), expected, when)
+            self.assertEqual(parsedate_to_datetime(message_date(when)).timestamp(), int(when))
