@@ -1,17 +1,22 @@
 """The PostgreSQL engine: txpostgres' asynchronous psycopg2 connections.
 
 No threads: each statement of a store generator is one C{cursor.execute}
-Deferred on a pooled connection, and the whole generator runs inside one
-transaction (C{BEGIN READ ONLY} for reads). The pool is txpostgres'
-C{ConnectionPool} taught three things it lacks:
+Deferred. A read runs inside one transaction (C{BEGIN READ ONLY}) on a pooled
+connection. Writes queue up and are committed in batches on one more
+connection, the writer, each in a savepoint of its own (group commit, see
+L{mailgw.store.pgbatch}): one COMMIT, one WAL flush, for every write that
+arrived while the previous batch ran. The pool is txpostgres'
+C{ConnectionPool} taught three things it lacks, and the writer has them too
+(a batch is run as one transaction is):
 
   - a dead connection (server restart, network loss, a timed-out call) is
     replaced by a new one on its next use, so the store recovers by itself;
-    a connection found dead when its C{BEGIN} fails is replaced and the call
-    tried once more, since nothing of it ran;
+    a connection found dead at a call's first round trip (its C{BEGIN}) is
+    replaced and the call tried once more, since nothing of it ran;
   - every call has a deadline, C{timeout} seconds after it was made (the
     gateway's C{database.store_timeout}), time spent waiting for a free
-    connection included: a call still waiting then is dropped; otherwise
+    connection (a write: for its batch) included: a call still waiting then
+    is dropped; otherwise (a batch: at its oldest write's deadline)
     the statement in flight is cancelled (C{conn.cancel}, a cancel request
     to the server), and if the server does not answer that either, the
     connection is closed. Either way the call fails with L{StoreUnavailable}
@@ -28,7 +33,6 @@ between statements: fine for a spooled local file.
 """
 from __future__ import annotations
 
-import functools
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +43,7 @@ from txpostgres.psycopg2_impl import psycopg2
 
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Q, Store, schema_files, split_statements
+from mailgw.store.pgbatch import GroupCommit, TimedOut, rows_of, statement_text
 from mailgw.store.webhooks import WebhookOperations
 
 #: seconds a call may take before it fails with StoreUnavailable, when the
@@ -54,45 +59,6 @@ SCHEMA_LOCK = 0x6D61696C67770001  # "mailgw" 0001
 _DISCONNECTS = (ierror.ConnectionDone, ierror.ConnectionLost, defer.CancelledError,
                 txpostgres.RollbackFailed, txpostgres.AlreadyPolling,
                 txpostgres.UnexpectedPollResult, txpostgres.AlreadyConnected)
-
-
-class _TimedOut(Exception):
-    """The call's deadline passed."""
-
-
-@functools.lru_cache(maxsize=512)
-def to_pyformat(sql: str) -> str:
-    """C{?} placeholders to psycopg2's C{%s}, with literal C{%} doubled.
-
-    Quoted literals, quoted identifiers and comments keep their C{?}."""
-    out, quote, i, n = [], None, 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if quote is not None:
-            if ch == quote:
-                quote = None
-        elif ch in ("'", '"'):
-            quote = ch
-        elif ch == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            end = n if end < 0 else end
-            out.append(sql[i:end].replace("%", "%%"))
-            i = end
-            continue
-        elif ch == "?":
-            out.append("%s")
-            i += 1
-            continue
-        out.append("%%" if ch == "%" else ch)
-        i += 1
-    return "".join(out)
-
-
-def _rows(cursor) -> list[tuple]:
-    if cursor.description is None:
-        return []
-    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-            for row in cursor.fetchall()]
 
 
 class _Transaction:
@@ -115,6 +81,9 @@ class _Transaction:
         self.current = cursor.execute(sql, params)
         return self.current
 
+    def commit_statement(self) -> str:
+        return "COMMIT"
+
     def __call__(self, cursor):
         self.started = True
         done = defer.Deferred()
@@ -124,7 +93,7 @@ class _Transaction:
     def _advance(self, cursor, gen, done, rows):
         if self.expired:
             gen.close()
-            done.errback(_TimedOut())
+            done.errback(TimedOut())
             return
         try:
             statement = gen.send(rows)
@@ -134,12 +103,9 @@ class _Transaction:
         except BaseException:
             done.errback()
             return
-        if statement.params is None:  # schema text: no placeholders, no % escaping
-            sql, params = statement.sql, None
-        else:
-            sql, params = to_pyformat(statement.sql), tuple(statement.params)
+        sql, params = statement_text(statement)
         d = self.execute(cursor, sql, params)
-        d.addCallbacks(lambda c: self._advance(cursor, gen, done, _rows(c)),
+        d.addCallbacks(lambda c: self._advance(cursor, gen, done, rows_of(c)),
                        lambda f: (gen.close(), done.errback(f)))
 
 
@@ -179,11 +145,12 @@ class _Connection(txpostgres.Connection):
 
     def _runInteraction(self, txn, *args, **kwargs):
         cursor = self.cursor()
-        d = txn.execute(cursor, txn.begin)
+        # a batch (L{mailgw.store.pgbatch.Batch}) sends its BEGIN along with its first statement
+        d = txn.execute(cursor, txn.begin) if txn.begin else defer.succeed(cursor)
         d.addCallback(txn, *args, **kwargs)
 
         def commit(result):
-            return txn.execute(cursor, "COMMIT").addCallback(lambda _: result)
+            return txn.execute(cursor, txn.commit_statement()).addCallback(lambda _: result)
 
         def rollback(reason):
             if not self.alive():
@@ -198,14 +165,19 @@ class _Connection(txpostgres.Connection):
 
 
 class _Pool(txpostgres.ConnectionPool):
-    """txpostgres' pool with reconnection, deadlines and a closed state."""
+    """txpostgres' pool with reconnection, deadlines and a closed state, and
+    beside it the writer: the one connection every batch of writes runs on."""
 
     connectionFactory = _Connection
 
     def __init__(self, dsn: str, reactor, size: int):
+        """
+        @param size: connections for reads; the writer is one more.
+        """
         self.reactor = reactor
         super().__init__(None, dsn, min=size)
-        self.every = list(self.connections)
+        self.writer = self.connectionFactory(self.reactor, self.cooperator)
+        self.every = [*self.connections, self.writer]
         self.target = redact(dsn)
         self.closed = False
 
@@ -252,6 +224,14 @@ class _Pool(txpostgres.ConnectionPool):
         conn = self.connections.pop()
         d = self._attempt(conn, txn, retry=True)
         return d.addBoth(self._putBackAndPassthrough, conn)
+
+    def run_batch(self, batch):
+        """Run a L{mailgw.store.pgbatch.Batch} on the writer, one at a time (the caller waits for
+        each); reconnected first when it died, and retried once when it is
+        found dead at the batch's first round trip, as a pooled call is."""
+        if self.closed:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        return self._attempt(self.writer, batch, retry=True)
 
     def _attempt(self, conn, txn, retry):
         reused = conn.alive()
@@ -313,10 +293,19 @@ def _first_line(e) -> str:
 def _translate(reason, txn):
     if reason.check(psycopg2.IntegrityError) and not txn.expired:
         raise Conflict(_first_line(reason.value))
-    if reason.check(_TimedOut) or (txn.expired and reason.check(psycopg2.Error, *_DISCONNECTS)):
+    if reason.check(TimedOut) or (txn.expired and reason.check(psycopg2.Error, *_DISCONNECTS)):
         raise StoreUnavailable(f"postgresql: no answer within {txn.timeout:g} s")
     if reason.check(psycopg2.Error, *_DISCONNECTS):
         raise StoreUnavailable(f"postgresql: {_first_line(reason.value)}")
+    return reason
+
+
+def _translated(reason, txn):
+    """L{_translate}, as a value: the store's own failure for C{reason}."""
+    try:
+        _translate(reason, txn)
+    except Exception:
+        return failure.Failure()
     return reason
 
 
@@ -341,7 +330,8 @@ def redact(url: str) -> str:
 
 
 class PostgresStore(WebhookOperations, Store):
-    """The store on PostgreSQL, over a pool of asynchronous connections."""
+    """The store on PostgreSQL: reads over a pool of asynchronous
+    connections, writes committed in batches on one more (group commit)."""
 
     engine = "postgresql"
 
@@ -349,7 +339,8 @@ class PostgresStore(WebhookOperations, Store):
                  timeout: float = DEFAULT_TIMEOUT):
         """
         @param url: a libpq connection URL, handed over as is.
-        @param pool_size: connections in the pool.
+        @param pool_size: connections to the server: one writer, and the
+            rest (at least one) for reads.
         @param timeout: seconds a call (or a connection attempt) may take: at
             that deadline the statement in flight is cancelled and the call
             fails with L{StoreUnavailable} (an upgrade gets at least
@@ -361,6 +352,7 @@ class PostgresStore(WebhookOperations, Store):
         self._pool_size = pool_size
         self._timeout = timeout
         self._pool = None
+        self._writes = None
 
     def __repr__(self):
         return f"<PostgresStore {redact(self.url)}>"
@@ -368,18 +360,24 @@ class PostgresStore(WebhookOperations, Store):
     def start(self):
         """Connect the whole pool; fails with StoreUnavailable (and leaves
         nothing open) when the server cannot be reached."""
-        self._pool = _Pool(self.url, self._reactor, self._pool_size)
+        self._pool = _Pool(self.url, self._reactor, max(1, self._pool_size - 1))
+        self._writes = GroupCommit(self._reactor, self._timeout, self._pool.run_batch,
+                                   _translated)
         d = self._pool.start(self._timeout)
 
         def failed(reason):
             self._pool.close()
-            self._pool = None
+            self._writes.close()
+            self._pool = self._writes = None
             if reason.check(StoreUnavailable):
                 return reason
             raise StoreUnavailable(f"postgresql: {_first_line(reason.value)}")
         return d.addCallbacks(lambda _: None, failed)
 
     def close(self):
+        if self._writes is not None:
+            self._writes.close()
+            self._writes = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -404,12 +402,18 @@ class PostgresStore(WebhookOperations, Store):
         return d.addBoth(done).addErrback(_translate, txn)
 
     def _run(self, fn, *args):
-        return self._interact("BEGIN", fn, args)
+        """A write: queued, and committed with the writes queued alongside it
+        (L{GroupCommit}); its Deferred fires only after that commit."""
+        if self._writes is None:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        return self._writes.submit(fn, args)
 
     def _read(self, fn, *args):
         return self._interact("BEGIN READ ONLY", fn, args)
 
     def upgrade(self):
+        # a transaction of its own on the pool: it may wait for another
+        # node's upgrade far longer than a write may wait in a batch
         d = self._interact("BEGIN", _upgrade, (), timeout=max(self._timeout, UPGRADE_TIMEOUT))
         d.addCallback(self._after_upgrade)
         return d

@@ -12,7 +12,8 @@ from twisted.trial import unittest
 from mailgw.interfaces import StoreUnavailable
 from mailgw.store import open_store, postgres
 from mailgw.store.base import Q, schema_files
-from mailgw.store.postgres import PostgresStore, redact, to_pyformat
+from mailgw.store.pgbatch import to_pyformat
+from mailgw.store.postgres import PostgresStore, redact
 from tests import pgcluster
 from tests.store import postgres_admin, postgres_bindir
 

@@ -1,0 +1,284 @@
+"""Group commit on PostgreSQL: writes queue up, and one writer connection
+runs them in batches, one transaction (one commit, one WAL flush) for all.
+
+Each write of a batch runs in a savepoint of its own. An error inside a
+PostgreSQL transaction aborts all of it unless it is rolled back to a
+savepoint (PostgreSQL documentation, SAVEPOINT and ROLLBACK TO SAVEPOINT), so
+a write that fails is rolled back to its savepoint and fails alone, and the
+others go on and commit. No caller hears back before that COMMIT has returned.
+
+A batch costs the round trips of its writes' own statements plus one, its
+COMMIT: BEGIN and the savepoint statements travel in front of the next
+statement, in the same simple-query message (PostgreSQL documentation,
+Frontend/Backend Protocol, "Multiple Statements in a Simple Query"). Only the
+last statement's rows come back, which are the write's own.
+
+The batch as a whole keeps the guarantees of one transaction on the pool
+(L{mailgw.store.postgres}): its deadline is that of its oldest write; a lost
+connection or an outage fails the whole batch, and the next batch reconnects.
+"""
+from __future__ import annotations
+
+import functools
+
+from twisted.internet import defer
+from twisted.python import failure
+from txpostgres.psycopg2_impl import psycopg2
+
+from mailgw.interfaces import StoreUnavailable
+
+#: the savepoint every write of a batch runs in (one name: the next write
+#: releases the last one's before setting its own)
+SAVEPOINT = "write"
+
+# what the savepoint holds when a write sends its first statement
+_NONE, _CLEAN, _USED = "none", "clean", "used"
+_LEAD = {
+    _NONE: f"SAVEPOINT {SAVEPOINT}; ",
+    _CLEAN: "",  # rolled back to: it is there again, with nothing after it
+    _USED: f"RELEASE SAVEPOINT {SAVEPOINT}; SAVEPOINT {SAVEPOINT}; ",
+}
+
+
+class TimedOut(Exception):
+    """The call's deadline passed."""
+
+
+@functools.lru_cache(maxsize=512)
+def to_pyformat(sql: str) -> str:
+    """C{?} placeholders to psycopg2's C{%s}, with literal C{%} doubled.
+
+    Quoted literals, quoted identifiers and comments keep their C{?}."""
+    out, quote, i, n = [], None, 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+            continue
+        elif ch == "?":
+            out.append("%s")
+            i += 1
+            continue
+        out.append("%%" if ch == "%" else ch)
+        i += 1
+    return "".join(out)
+
+
+def statement_text(statement) -> tuple[str, tuple | None]:
+    """What psycopg2 is given for a L{mailgw.store.base.Q}: C{(sql, params)}."""
+    if statement.params is None:  # schema text: no placeholders, no % escaping
+        return statement.sql, None
+    return to_pyformat(statement.sql), tuple(statement.params)
+
+
+def rows_of(cursor) -> list[tuple]:
+    """The rows of the statement C{cursor} ran last, C{bytea} as C{bytes}."""
+    if cursor.description is None:
+        return []
+    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+            for row in cursor.fetchall()]
+
+
+def _in_failed_transaction(cursor) -> bool:
+    """Whether the session is still there, inside a transaction that one
+    statement's error aborted (so that a rollback to a savepoint recovers it),
+    rather than gone (a lost connection, a server that shut down)."""
+    connection = cursor.connection
+    return (not connection.closed and connection.get_transaction_status()
+            == psycopg2.extensions.TRANSACTION_STATUS_INERROR)
+
+
+class Batch:
+    """Queued writes run in one transaction, each in a savepoint of its own.
+
+    The pool runs a batch as it runs one transaction (its deadline, the
+    cancel at that deadline and the reconnection of a stale connection apply
+    to the batch as a whole), on the writer connection. Calling it with a
+    cursor starts the batch over, from its first write.
+
+    C{results} is, once the batch has run, C{(True, value)} or C{(False,
+    Failure)} per write in order; the COMMIT comes after.
+    """
+
+    #: no BEGIN of its own: it travels with the first statement
+    begin = None
+
+    def __init__(self, writes, timeout: float, deadline: float):
+        """
+        @param writes: C{(generator function, args)} pairs, in queue order.
+        @param timeout: the store timeout, for the error's words.
+        @param deadline: when the batch gives up (the oldest write's
+            deadline), in the reactor's seconds.
+        """
+        self.writes = writes
+        self.timeout, self.deadline = timeout, deadline
+        self.waiting = False
+        self.current = None  # the statement in flight: what a deadline cancels
+        self.started = False  # a round trip of the batch has succeeded
+        self.expired = False
+        self.results = []
+        self._lead = ""  # statements to send in front of the next one
+        self._savepoint = _NONE
+        self._sent = False  # whether the current write has sent a statement
+
+    def execute(self, cursor, sql, params=None):
+        self.current = cursor.execute(sql, params)
+        return self.current
+
+    def commit_statement(self) -> str:
+        """The COMMIT, behind whatever has not been sent yet (a rollback to
+        the savepoint, when the last write failed)."""
+        return self._lead + "COMMIT"
+
+    def __call__(self, cursor):
+        self.results = []
+        self._lead, self._savepoint = "BEGIN; ", _NONE
+        done = defer.Deferred()
+        self._next_write(cursor, done)
+        return done
+
+    def _next_write(self, cursor, done):
+        if len(self.results) == len(self.writes):
+            done.callback(self.results)
+            return
+        fn, args = self.writes[len(self.results)]
+        self._sent = False
+        self._advance(cursor, fn(*args), done, None)
+
+    def _advance(self, cursor, gen, done, rows):
+        if self.expired:
+            gen.close()
+            done.errback(TimedOut())
+            return
+        try:
+            statement = gen.send(rows)
+        except StopIteration as stop:
+            self._finished(cursor, done, (True, stop.value))
+            return
+        except Exception:
+            self._finished(cursor, done, (False, failure.Failure()))
+            return
+        sql, params = statement_text(statement)
+        lead, self._lead = self._lead, ""
+        if not self._sent:
+            lead += _LEAD[self._savepoint]
+            self._savepoint, self._sent = _USED, True
+        d = self.execute(cursor, lead + sql, params)
+        d.addCallbacks(self._answered, self._refused,
+                       callbackArgs=(cursor, gen, done), errbackArgs=(cursor, gen, done))
+
+    def _answered(self, result, cursor, gen, done):
+        self.started = True
+        self._advance(cursor, gen, done, rows_of(result))
+
+    def _refused(self, reason, cursor, gen, done):
+        gen.close()
+        if self.expired or not _in_failed_transaction(cursor):
+            done.errback(reason)  # the whole batch fails
+            return
+        self.started = True
+        self._finished(cursor, done, (False, reason))
+
+    def _finished(self, cursor, done, outcome):
+        if not outcome[0] and self._sent:
+            self._lead += f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; "
+            self._savepoint = _CLEAN
+        self.results.append(outcome)
+        self._next_write(cursor, done)
+
+
+class _Write:
+    """One write waiting in the queue."""
+
+    __slots__ = ("fn", "args", "d", "deadline", "timer")
+
+    def __init__(self, fn, args, d, deadline):
+        self.fn, self.args, self.d, self.deadline = fn, args, d, deadline
+        self.timer = None
+
+
+class GroupCommit:
+    """The writes waiting for the writer connection, committed in batches
+    one after the other.
+
+    A write still waiting at its deadline (the store timeout after it was
+    asked for) leaves the queue and fails with L{StoreUnavailable}; one in a
+    batch has the batch's deadline, which is its own or earlier.
+    """
+
+    #: writes committed together at most. PostgreSQL caches 64 subtransaction
+    #: ids per session in shared memory, and beyond that every other session
+    #: looks them up on disk (PostgreSQL documentation, Transaction Processing,
+    #: "Subtransactions"): a batch has at most one per write.
+    MAX_BATCH = 64
+
+    def __init__(self, reactor, timeout: float, run_batch, translated):
+        """
+        @param run_batch: runs a L{Batch} on the writer connection; returns a
+            Deferred firing after the COMMIT with the batch's C{results}.
+        @param translated: C{(failure, batch)} to the store's own failure
+            (L{mailgw.interfaces.Conflict}, L{StoreUnavailable}).
+        """
+        self._reactor, self._timeout = reactor, timeout
+        self._run_batch, self._translated = run_batch, translated
+        self._pending = []
+        self._writing = False
+        self._closed = False
+
+    def submit(self, fn, args):
+        """Queue the write C{fn(*args)}; a Deferred firing after its commit."""
+        if self._closed:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        write = _Write(fn, args, defer.Deferred(), self._reactor.seconds() + self._timeout)
+        write.timer = self._reactor.callLater(self._timeout, self._give_up, write)
+        self._pending.append(write)
+        self._next_batch()
+        return write.d
+
+    def close(self):
+        """Fail every write still waiting; later ones fail at once."""
+        self._closed = True
+        pending, self._pending = self._pending, []
+        for write in pending:
+            write.timer.cancel()
+            write.d.errback(StoreUnavailable("the store is closed"))
+
+    def _give_up(self, write):
+        self._pending.remove(write)
+        write.d.errback(StoreUnavailable(f"postgresql: no answer within {self._timeout:g} s"))
+
+    def _next_batch(self):
+        if self._writing or not self._pending or self._closed:
+            return
+        writes = self._pending[:self.MAX_BATCH]
+        del self._pending[:self.MAX_BATCH]
+        for write in writes:
+            write.timer.cancel()
+        batch = Batch([(w.fn, w.args) for w in writes], self._timeout,
+                      min(w.deadline for w in writes))
+        self._writing = True
+        d = self._run_batch(batch)
+        d.addBoth(self._batch_ended, batch, writes)
+
+    def _batch_ended(self, result, batch, writes):
+        self._writing = False
+        # the writes queued meanwhile go now, while these callers hear back
+        self._next_batch()
+        if isinstance(result, failure.Failure):
+            reason = self._translated(result, batch)
+            for write in writes:
+                write.d.errback(reason)
+            return
+        for (ok, value), write in zip(result, writes):
+            if ok:
+                write.d.callback(value)
+            else:
+                write.d.errback(self._translated(value, batch))
