@@ -132,3 +132,26 @@ class PostgresLockTests(unittest.TestCase):
             self.assertTrue(TIMEOUT * 0.8 <= took < TIMEOUT + SLACK, took)
         self.holder.rollback()
         self.assertEqual((yield self.store.list_organizations()), [])
+
+    @defer.inlineCallbacks
+    def test_writes_fail_within_the_timeout_each_then_work_again(self):
+        # EXCLUSIVE: inserts wait, reads do not
+        self.holder.cursor().execute("LOCK TABLE organizations IN EXCLUSIVE MODE")
+        # The second write queues behind the first one's batch, which waits
+        # for the lock: it must not wait a whole timeout after that batch.
+        first, second = yield defer.gatherResults([
+            timed(self.store.add_organization("first", "First")),
+            timed(self.store.add_organization("second", "Second"))])
+        for (ok, failure), took in (first, second):
+            self.assertFalse(ok)
+            failure.trap(StoreUnavailable)
+            self.assertIn(f"no answer within {TIMEOUT:g} s", str(failure.value))
+            self.assertTrue(TIMEOUT * 0.8 <= took < TIMEOUT + SLACK, took)
+        # reads go on meanwhile, on the pool
+        (ok, organizations), took = yield timed(self.store.list_organizations())
+        self.assertEqual((ok, organizations), (True, []))
+        self.assertLess(took, TIMEOUT)
+        self.holder.rollback()
+        yield self.store.add_organization("third", "Third")
+        self.assertEqual([o.permalink for o in (yield self.store.list_organizations())],
+                         ["third"])
