@@ -44,6 +44,7 @@ from txpostgres.psycopg2_impl import psycopg2
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Q, Store, schema_files, split_statements
 from mailgw.store.pgbatch import GroupCommit, TimedOut, rows_of, statement_text
+from mailgw.store.pgenqueue import enqueue_at_once
 from mailgw.store.webhooks import WebhookOperations
 
 #: seconds a call may take before it fails with StoreUnavailable, when the
@@ -410,6 +411,9 @@ class PostgresStore(WebhookOperations, Store):
 
     def _read(self, fn, *args):
         return self._interact("BEGIN READ ONLY", fn, args)
+
+    def enqueue(self, envelope, body):
+        return self._run(enqueue_at_once, envelope, body, self._now())
 
     def upgrade(self):
         # a transaction of its own on the pool: it may wait for another
