@@ -57,8 +57,9 @@ def budget(config: Config) -> DescriptorBudget:
             for i, listener in enumerate(config.listeners)]
     if config.http_api is not None:
         caps.append(("http_api.max_connections", config.http_api.max_connections))
+    # PostgreSQL: the pool, of at least one reader and the writer
     store = (SQLITE_DESCRIPTORS if config.database.url.startswith("sqlite:")
-             else config.database.pool_size)
+             else max(2, config.database.pool_size))
     relay = config.relay.concurrency if config.relay.enabled else 0
     return DescriptorBudget(tuple(caps), RESERVE + store + relay)
 

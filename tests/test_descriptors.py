@@ -59,6 +59,9 @@ class BudgetTests(unittest.SynchronousTestCase):
         self.assertEqual(needed.reserve, RESERVE + 4 + 10)
         self.assertEqual(needed.total, 1700 + RESERVE + 14)
 
+    def test_a_postgresql_pool_of_one_is_a_reader_and_the_writer(self):
+        self.assertEqual(budget(gateway(100, pool_size=1, relay=False)).reserve, RESERVE + 2)
+
     def test_sqlite_no_api_no_relay(self):
         needed = budget(gateway(100, url="sqlite:/x.sqlite3", relay=False))
         self.assertEqual(needed.caps, (("listeners[0].max_connections", 100),))

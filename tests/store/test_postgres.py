@@ -106,6 +106,23 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertEqual(len((yield store.list_organizations())), 1)
 
     @defer.inlineCallbacks
+    def test_pool_size_counts_the_writer(self):
+        """C{pool_size} connections: one writer and the rest for reads, at
+        least one of those."""
+        for size, expected in ((3, 3), (1, 2)):
+            url = self.fresh_url()
+            store = yield self.started(url, pool_size=size)
+            conn = psycopg2.connect(self.admin)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                (url.rsplit("/", 1)[1],))
+                    self.assertEqual(cur.fetchone()[0], expected)
+            finally:
+                conn.close()
+            yield store.close()
+
+    @defer.inlineCallbacks
     def test_url_parameters_reach_libpq(self):
         url = self.fresh_url() + "?application_name=mailgw-test&sslmode=disable"
         store = yield self.started(url)
