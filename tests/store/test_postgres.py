@@ -7,6 +7,7 @@ import signal
 
 import psycopg2
 from twisted.internet import defer, protocol, threads
+from twisted.python import log
 from twisted.trial import unittest
 
 from mailgw.interfaces import StoreUnavailable
@@ -121,6 +122,39 @@ class PostgresStoreTests(unittest.TestCase):
             finally:
                 conn.close()
             yield store.close()
+
+    @defer.inlineCallbacks
+    def test_the_writer_compresses_bodies_with_lz4_where_the_server_can(self):
+        url = self.fresh_url()
+        store = yield self.started(url)
+        conn = psycopg2.connect(self.admin)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                            "WHERE name = 'default_toast_compression'")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        expected = "lz4" if row and row[0] else "pglz"
+        self.assertEqual((yield store._run(_setting, "default_toast_compression")), expected)
+        self.assertEqual((yield store._read(_setting, "default_toast_compression")), "pglz")
+
+    @defer.inlineCallbacks
+    def test_a_setting_the_server_refuses_is_done_without(self):
+        self.patch(postgres._Writer, "session_settings",
+                   ("SET no_such_setting = 1", "SET application_name = 'w'"))
+        messages = []
+
+        def observer(event):
+            messages.append(" ".join(map(str, event["message"])))
+        log.addObserver(observer)
+        self.addCleanup(log.removeObserver, observer)
+        store = yield self.started(self.fresh_url())
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+        self.assertEqual((yield store._run(_setting, "application_name")), "w")
+        self.assertIn("postgresql: going on without 'SET no_such_setting = 1': "
+                      'unrecognized configuration parameter "no_such_setting"', messages)
 
     @defer.inlineCallbacks
     def test_url_parameters_reach_libpq(self):
