@@ -20,6 +20,9 @@ connection or an outage fails the whole batch, and the next batch reconnects.
 from __future__ import annotations
 
 import functools
+from collections import deque
+from dataclasses import dataclass
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.python import failure
@@ -96,8 +99,32 @@ def _in_failed_transaction(cursor) -> bool:
             == psycopg2.extensions.TRANSACTION_STATUS_INERROR)
 
 
+@dataclass(frozen=True)
+class Together:
+    """How writes of one kind in a batch share a statement: several in one
+    savepoint and one round trip, where each alone would take one or more.
+    Should the shared statement fail (one of them at fault, a duplicate say),
+    they run again one by one, each in a savepoint of its own, so that only
+    the one at fault fails.
+
+    Any order of a batch's writes is one their callers may see: they were
+    all asked for while the batch before ran, none waiting for another.
+
+    @ivar size: C{size(*args)}: what a write adds to the statement (the
+        bytes it stores), or C{None} when it cannot share one.
+    @ivar budget: the most one shared statement may hold.
+    @ivar run: C{run([args, ...])}: a store generator doing all of them,
+        returning a list of their results in the same order.
+    """
+
+    size: Callable
+    budget: int
+    run: Callable
+
+
 class Batch:
-    """Queued writes run in one transaction, each in a savepoint of its own.
+    """Queued writes run in one transaction, each in a savepoint of its own
+    (or, those that share a statement, L{Together}, in one for all).
 
     The pool runs a batch as it runs one transaction (its deadline, the
     cancel at that deadline and the reconnection of a stale connection apply
@@ -111,12 +138,14 @@ class Batch:
     #: no BEGIN of its own: it travels with the first statement
     begin = None
 
-    def __init__(self, writes, timeout: float, deadline: float):
+    def __init__(self, writes, timeout: float, deadline: float, together=None):
         """
         @param writes: C{(generator function, args)} pairs, in queue order.
         @param timeout: the store timeout, for the error's words.
         @param deadline: when the batch gives up (the oldest write's
             deadline), in the reactor's seconds.
+        @param together: C{{generator function: L{Together}}}, for the
+            writes that may share statements.
         """
         self.writes = writes
         self.timeout, self.deadline = timeout, deadline
@@ -125,9 +154,11 @@ class Batch:
         self.started = False  # a round trip of the batch has succeeded
         self.expired = False
         self.results = []
+        self._together = together or {}
+        self._todo = deque()  # steps: the indices of the writes run as one
         self._lead = ""  # statements to send in front of the next one
         self._savepoint = _NONE
-        self._sent = False  # whether the current write has sent a statement
+        self._sent = False  # whether the current step has sent a statement
 
     def execute(self, cursor, sql, params=None):
         self.current = cursor.execute(sql, params)
@@ -139,21 +170,45 @@ class Batch:
         return self._lead + "COMMIT"
 
     def __call__(self, cursor):
-        self.results = []
+        self.results = [None] * len(self.writes)
+        self._todo = deque(self._steps())
         self._lead, self._savepoint = "BEGIN; ", _NONE
         done = defer.Deferred()
-        self._next_write(cursor, done)
+        self._next_step(cursor, done)
         return done
 
-    def _next_write(self, cursor, done):
-        if len(self.results) == len(self.writes):
+    def _steps(self) -> list[list[int]]:
+        """The writes in steps: alone, or sharing with the next of their
+        kind (each shared step where its first write was) up to its budget."""
+        steps, filling = [], {}  # Together: (its step being filled, weight)
+        for i, (fn, args) in enumerate(self.writes):
+            kind = self._together.get(fn)
+            size = None if kind is None else kind.size(*args)
+            if size is None:
+                steps.append([i])
+                continue
+            step, weight = filling.get(kind, (None, 0))
+            if step is None or weight + size > kind.budget:
+                step, weight = [], 0
+                steps.append(step)
+            step.append(i)
+            filling[kind] = (step, weight + size)
+        return steps
+
+    def _next_step(self, cursor, done):
+        if not self._todo:
             done.callback(self.results)
             return
-        fn, args = self.writes[len(self.results)]
+        step = self._todo.popleft()
+        fn, args = self.writes[step[0]]
         self._sent = False
-        self._advance(cursor, fn(*args), done, None)
+        if len(step) == 1:
+            gen = fn(*args)
+        else:
+            gen = self._together[fn].run([self.writes[i][1] for i in step])
+        self._advance(cursor, step, gen, done, None)
 
-    def _advance(self, cursor, gen, done, rows):
+    def _advance(self, cursor, step, gen, done, rows):
         if self.expired:
             gen.close()
             done.errback(TimedOut())
@@ -161,10 +216,10 @@ class Batch:
         try:
             statement = gen.send(rows)
         except StopIteration as stop:
-            self._finished(cursor, done, (True, stop.value))
+            self._finished(cursor, step, done, True, stop.value)
             return
         except Exception:
-            self._finished(cursor, done, (False, failure.Failure()))
+            self._finished(cursor, step, done, False, failure.Failure())
             return
         sql, params = statement_text(statement)
         lead, self._lead = self._lead, ""
@@ -172,27 +227,33 @@ class Batch:
             lead += _LEAD[self._savepoint]
             self._savepoint, self._sent = _USED, True
         d = self.execute(cursor, lead + sql, params)
-        d.addCallbacks(self._answered, self._refused,
-                       callbackArgs=(cursor, gen, done), errbackArgs=(cursor, gen, done))
+        args = (cursor, step, gen, done)
+        d.addCallbacks(self._answered, self._refused, callbackArgs=args, errbackArgs=args)
 
-    def _answered(self, result, cursor, gen, done):
+    def _answered(self, result, cursor, step, gen, done):
         self.started = True
-        self._advance(cursor, gen, done, rows_of(result))
+        self._advance(cursor, step, gen, done, rows_of(result))
 
-    def _refused(self, reason, cursor, gen, done):
+    def _refused(self, reason, cursor, step, gen, done):
         gen.close()
         if self.expired or not _in_failed_transaction(cursor):
             done.errback(reason)  # the whole batch fails
             return
         self.started = True
-        self._finished(cursor, done, (False, reason))
+        self._finished(cursor, step, done, False, reason)
 
-    def _finished(self, cursor, done, outcome):
-        if not outcome[0] and self._sent:
+    def _finished(self, cursor, step, done, ok, value):
+        if not ok and self._sent:
             self._lead += f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; "
             self._savepoint = _CLEAN
-        self.results.append(outcome)
-        self._next_write(cursor, done)
+        if len(step) == 1:
+            self.results[step[0]] = (ok, value)
+        elif ok:
+            for i, result in zip(step, value):
+                self.results[i] = (True, result)
+        else:  # the shared statement failed: each again, alone
+            self._todo.extendleft([i] for i in reversed(step))
+        self._next_step(cursor, done)
 
 
 class _Write:
@@ -220,13 +281,16 @@ class GroupCommit:
     #: "Subtransactions"): a batch has at most one per write.
     MAX_BATCH = 64
 
-    def __init__(self, reactor, timeout: float, run_batch, translated):
+    def __init__(self, reactor, timeout: float, run_batch, translated, together=None):
         """
         @param run_batch: runs a L{Batch} on the writer connection; returns a
             Deferred firing after the COMMIT with the batch's C{results}.
         @param translated: C{(failure, batch)} to the store's own failure
             (L{mailgw.interfaces.Conflict}, L{StoreUnavailable}).
+        @param together: C{{generator function: L{Together}}}, for the
+            writes that may share statements.
         """
+        self._together = together or {}
         self._reactor, self._timeout = reactor, timeout
         self._run_batch, self._translated = run_batch, translated
         self._pending = []
@@ -263,7 +327,7 @@ class GroupCommit:
         for write in writes:
             write.timer.cancel()
         batch = Batch([(w.fn, w.args) for w in writes], self._timeout,
-                      min(w.deadline for w in writes))
+                      min(w.deadline for w in writes), self._together)
         self._writing = True
         d = self._run_batch(batch)
         d.addBoth(self._batch_ended, batch, writes)

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from mailgw.interfaces import Conflict, NotFound, StoreUnavailable
 from mailgw.model import MessageEnvelope
 from mailgw.store.base import Q
-from mailgw.store.pgbatch import Batch, GroupCommit, TimedOut
+from mailgw.store.pgbatch import Batch, GroupCommit, TimedOut, Together
 from mailgw.store.postgres import PostgresStore
 from tests import pgcluster
 from tests.store import postgres_admin, postgres_bindir
@@ -38,6 +38,18 @@ def _two_selects(value):
     yield Q("SELECT ?", (value,))
     yield Q("SELECT ?", (value,))
     return value
+
+
+def _select_many(calls):
+    """Several L{_select} in one statement."""
+    values = [value for (value,) in calls]
+    yield Q("SELECT ?", ("+".join(values),))
+    return values
+
+
+#: L{_select}s share a statement, up to 5 characters' worth; "solo" never
+_SELECTS_TOGETHER = Together(size=lambda value: None if value == "solo" else len(value),
+                             budget=5, run=_select_many)
 
 
 def _fails_before_any_statement():
@@ -167,7 +179,7 @@ class BatchStatementTests(unittest.SynchronousTestCase):
                                                 (_select, ("c",))])
         reason.trap(psycopg2.OperationalError)
         self.assertEqual(len(cursor.sent), 2)  # nothing after the loss
-        self.assertEqual(len(batch.results), 1)
+        self.assertEqual(batch.results, [(True, "a"), None, None])
 
     def test_an_expired_batch_sends_nothing_more(self):
         cursor = _FakeCursor()
@@ -178,6 +190,41 @@ class BatchStatementTests(unittest.SynchronousTestCase):
         batch.current.callback(cursor)
         self.failureResultOf(d, TimedOut)
         self.assertEqual(len(cursor.sent), 1)
+
+
+class SharedStatementTests(unittest.SynchronousTestCase):
+    """Writes of a kind that may share (L{Together}) go in one statement."""
+
+    def run_batch(self, cursor, values):
+        batch = Batch([(_select, (v,)) for v in values], timeout=5.0, deadline=5.0,
+                      together={_select: _SELECTS_TOGETHER})
+        return batch, self.successResultOf(batch(cursor))
+
+    def test_writes_of_a_kind_share_a_statement_up_to_its_budget(self):
+        cursor = _FakeCursor()
+        batch, results = self.run_batch(cursor, ["a", "solo", "b", "cd", "efg", "h"])
+        self.assertEqual(results, [(True, v) for v in ["a", "solo", "b", "cd", "efg", "h"]])
+        self.assertEqual(cursor.sent, [
+            "BEGIN; SAVEPOINT write; SELECT 'a+b+cd'",  # where its first write was
+            "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'solo'",
+            "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'efg+h'",  # 4 + 3 > 5
+        ])
+        self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_a_failed_shared_statement_runs_each_alone(self):
+        """Only the write at fault fails; the others commit, each in its
+        own savepoint."""
+        cursor = _FakeCursor(refuse=("dup",))
+        batch, results = self.run_batch(cursor, ["a", "dup", "b"])
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        results[1][1].trap(psycopg2.IntegrityError)
+        self.assertEqual(cursor.sent, [
+            "BEGIN; SAVEPOINT write; SELECT 'a+dup+b'",
+            "ROLLBACK TO SAVEPOINT write; SELECT 'a'",
+            "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'dup'",
+            "ROLLBACK TO SAVEPOINT write; SELECT 'b'",
+        ])
+        self.assertEqual(batch.commit_statement(), "COMMIT")
 
 
 # -- the queue, on a fake clock ----------------------------------------------------

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from mailgw.model import MessageEnvelope
 from mailgw.store.base import CHUNK_SIZE, Q, _enqueue
-from mailgw.store.pgenqueue import enqueue_at_once
+from mailgw.store.pgenqueue import ENQUEUE_TOGETHER, enqueue_at_once, enqueue_many
 from mailgw.store.postgres import PostgresStore
 from tests import pgcluster
 from tests.store import postgres_admin
@@ -45,23 +45,28 @@ def _stored(token):
 class StatementTests(unittest.SynchronousTestCase):
     def test_a_typical_message_is_one_statement(self):
         sent, ids = _statements(enqueue_at_once(_envelope(), io.BytesIO(b"body"), 7.0),
-                                [[(12, "b@x.example"), (11, "a@x.example")]])
+                                [[("T1", 12, "b@x.example"), ("T1", 11, "a@x.example")]])
         self.assertEqual(len(sent), 1)
         self.assertIn("message_chunks", sent[0].sql)
         self.assertEqual(ids, {"a@x.example": 11, "b@x.example": 12})
         self.assertEqual(list(ids), ["a@x.example", "b@x.example"])
 
-    def test_an_empty_body_has_no_chunk(self):
-        sent, _ = _statements(enqueue_at_once(_envelope(), io.BytesIO(b""), 7.0),
-                              [[(11, "a@x.example"), (12, "b@x.example")]])
+    def test_messages_share_one_statement(self):
+        calls = [(_envelope("T1"), io.BytesIO(b"one"), 7.0),
+                 (_envelope("T2", ["c@x.example"]), io.BytesIO(b""), 8.0)]
+        sent, ids = _statements(enqueue_many(calls), [[
+            ("T2", 13, "c@x.example"), ("T1", 11, "a@x.example"), ("T1", 12, "b@x.example")]])
         self.assertEqual(len(sent), 1)
-        self.assertNotIn("message_chunks", sent[0].sql)
+        self.assertEqual(ids, [{"a@x.example": 11, "b@x.example": 12}, {"c@x.example": 13}])
 
     def test_large_and_held_messages_take_the_portable_form(self):
         for envelope, size in [(_envelope(), CHUNK_SIZE + 1),
                                (_envelope(status="held", hold_reason="why"), 10)]:
+            self.assertIsNone(ENQUEUE_TOGETHER.size(envelope, io.BytesIO(b"x" * size), 7.0))
             first = next(enqueue_at_once(envelope, io.BytesIO(b"x" * size), 7.0))
             self.assertEqual(first, next(_enqueue(envelope, io.BytesIO(b"x" * size), 7.0)))
+        self.assertEqual(ENQUEUE_TOGETHER.size(_envelope(), io.BytesIO(b"x" * CHUNK_SIZE), 7.0),
+                         CHUNK_SIZE)
 
 
 class SameRowsTests(unittest.TestCase):
@@ -94,3 +99,32 @@ class SameRowsTests(unittest.TestCase):
             self.assertEqual([r[:5] + r[8:] for r in rows],
                              [r[:5] + r[8:] for r in reference_rows])
             self.assertEqual(len(rows), 3)
+
+    @defer.inlineCallbacks
+    def test_messages_of_a_batch_each_get_their_own_rows(self):
+        """Queued while another write runs, they share one statement: each
+        caller gets its own recipients' ids, and each id is its row."""
+        from twisted.internet import reactor
+        url, drop = pgcluster.fresh_database(postgres_admin())
+        self.addCleanup(drop)
+        store = PostgresStore(url, reactor)
+        yield store.start()
+        self.addCleanup(store.close)
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+        server = yield store.add_server("acme", "mail", "Mail")
+        blocker = store.add_organization("other", "Other")
+        shapes = [(("a@x.example",), b"one"), (("b@x.example", "c@x.example"), b""),
+                  (("d@x.example", "d@x.example"), b"three"),
+                  (("e@x.example",), b"x" * CHUNK_SIZE)]
+        calls = [store.enqueue(_envelope(f"T{i}", rcpts, server.id), io.BytesIO(body))
+                 for i, (rcpts, body) in enumerate(shapes)]
+        yield blocker
+        results = yield defer.gatherResults(calls)
+        for i, ((rcpts, body), ids) in enumerate(zip(shapes, results)):
+            self.assertEqual(list(ids), list(dict.fromkeys(rcpts)))
+            for rcpt, entry_id in ids.items():
+                entry = yield store.get_entry(entry_id)
+                self.assertEqual((entry.token, entry.rcpt_to, entry.size),
+                                 (f"T{i}", rcpt, len(body)))
+                self.assertEqual((yield store.read_body(entry.message_id)), body)
