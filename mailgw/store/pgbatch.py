@@ -11,7 +11,10 @@ A batch costs the round trips of its writes' own statements plus one, its
 COMMIT: BEGIN and the savepoint statements travel in front of the next
 statement, in the same simple-query message (PostgreSQL documentation,
 Frontend/Backend Protocol, "Multiple Statements in a Simple Query"). Only the
-last statement's rows come back, which are the write's own.
+last statement's rows come back, which are the write's own. Writes of a kind
+that can share a statement (L{Together}: the enqueues of messages) do, so that
+a batch of messages is two round trips, whatever its size: the writer's round
+trips come one after the other, each waiting for the reactor to come round.
 
 The batch as a whole keeps the guarantees of one transaction on the pool
 (L{mailgw.store.postgres}): its deadline is that of its oldest write; a lost
@@ -21,8 +24,8 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.python import failure

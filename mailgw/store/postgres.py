@@ -159,7 +159,7 @@ class _Connection(txpostgres.Connection):
 
     def _runInteraction(self, txn, *args, **kwargs):
         cursor = self.cursor()
-        # a batch (L{mailgw.store.pgbatch.Batch}) sends its BEGIN along with its first statement
+        # a batch (pgbatch.Batch) sends its BEGIN along with its first statement
         d = txn.execute(cursor, txn.begin) if txn.begin else defer.succeed(cursor)
         d.addCallback(txn, *args, **kwargs)
 
@@ -251,9 +251,10 @@ class _Pool(txpostgres.ConnectionPool):
         return d.addBoth(self._putBackAndPassthrough, conn)
 
     def run_batch(self, batch):
-        """Run a L{mailgw.store.pgbatch.Batch} on the writer, one at a time (the caller waits for
-        each); reconnected first when it died, and retried once when it is
-        found dead at the batch's first round trip, as a pooled call is."""
+        """Run a L{mailgw.store.pgbatch.Batch} on the writer, one at a time
+        (the caller waits for each); the writer is reconnected first when it
+        died, and the batch tried once more when the writer is found dead at
+        its first round trip, as a pooled call is."""
         if self.closed:
             return defer.fail(StoreUnavailable("the store is closed"))
         return self._attempt(self.writer, batch, retry=True)
