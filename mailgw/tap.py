@@ -23,9 +23,16 @@ class Options(usage.Options):
     def postOptions(self):
         if self["log-format"] not in ("text", "json"):
             raise SystemExit("mailgw: --log-format must be text or json")
-        if self["log-format"] == "json" and self.parent is not None:
+        parent = self.parent
+        if self["log-format"] == "json" and parent is not None:
             from mailgw.logs import JSON_OBSERVER
-            self.parent["logger"] = JSON_OBSERVER
+            parent["logger"] = JSON_OBSERVER
+        elif parent is not None and not parent.get("logger") and not parent.get("syslog"):
+            # twistd's text lines where twistd would write them, written a
+            # few at a time (mailgw.logs); --logger and --syslog still win
+            from mailgw.logs import TEXT_OBSERVER, use_text_observer
+            use_text_observer(parent.get("logfile"), bool(parent.get("nodaemon")))
+            parent["logger"] = TEXT_OBSERVER
         path = self["config"] or os.environ.get("MAILGW_CONFIG") or DEFAULT_CONFIG
         try:
             self["config_value"] = load_config(path)
