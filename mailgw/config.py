@@ -21,8 +21,8 @@ from pathlib import Path
 __all__ = [
     "Config", "ConfigError", "DatabaseConfig", "ListenerConfig", "LimitsConfig",
     "TLSConfig", "AuthThrottleConfig", "RelayConfig", "HTTPAPIConfig", "MetricsConfig", "WebConfig",
-    "DNSConfig", "WebhooksConfig",
-    "load_config", "parse_config",
+    "DNSConfig", "WebhooksConfig", "ServerConfig",
+    "load_config", "parse_config", "config_as_data",
 ]
 
 
@@ -56,6 +56,12 @@ def _networks(values):
 
 def _prefix_length(v):
     return None if 1 <= v <= 128 else "must be between 1 and 128"
+
+
+def _between(low, high):
+    def check(v):
+        return None if low <= v <= high else f"must be an integer from {low} to {high}"
+    return check
 
 
 def _check(fn):
@@ -297,6 +303,19 @@ class WebhooksConfig:
     ca_certificates: str = field(default="", metadata=_path())
 
 
+#: the most gateway processes C{[server] workers} may ask for
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the gateway runs on this machine (docs/deployment.md, "Several
+    processes on one machine")."""
+    #: gateway processes serving the SMTP listeners: twistd's own and
+    #: C{workers - 1} worker processes sharing its listening sockets
+    workers: int = field(default=1, metadata=_check(_between(1, MAX_WORKERS)))
+
+
 @dataclass(frozen=True)
 class Config:
     #: the name in the greeting, Received headers and CRAM-MD5 challenges
@@ -316,6 +335,7 @@ class Config:
     web: WebConfig | None = None
     dns: DNSConfig = field(default_factory=DNSConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     #: seconds in-flight transactions get to finish on shutdown
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
     #: the file this came from (None when built in code)
@@ -355,6 +375,23 @@ def parse_config(data: dict, base: Path | None = None,
     return config
 
 
+def config_as_data(config: Config) -> dict:
+    """The TOML data (tables, lists and scalars) that L{parse_config} turns
+    back into C{config}: how worker processes get the config their parent
+    read, rather than the file as it may have been edited since."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+    data = dataclasses.asdict(config)
+    for f in dataclasses.fields(Config):
+        if f.metadata.get("internal"):
+            del data[f.name]
+    return plain(data)
+
+
 def _cross_checks(config: Config) -> None:
     if not config.hostname or any(c.isspace() for c in config.hostname):
         raise ConfigError("config error: hostname: must be a host name without spaces")
@@ -376,6 +413,12 @@ def _cross_checks(config: Config) -> None:
         for key in ("certificate", "private_key"):
             if not getattr(config.tls, key):
                 raise ConfigError(f"config error: tls.{key}: is required")
+    if config.server.workers > 1:
+        for i, listener in enumerate(config.listeners):
+            if listener.endpoint.startswith("unix:"):
+                # A worker that stops would remove the socket's file for all.
+                raise ConfigError(f"config error: listeners[{i}].endpoint: a unix socket "
+                                  "cannot be shared by workers (server.workers > 1)")
     url = config.database.url
     if not (url.startswith("sqlite:") or url.startswith("postgresql://")
             or url.startswith("postgres://")):

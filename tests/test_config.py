@@ -2,6 +2,7 @@
 the key; relative paths resolve against the file's folder."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from mailgw.config import ConfigError, load_config, parse_config
+from mailgw.config import ConfigError, config_as_data, load_config, parse_config
 from mailgw.tap import Options
 from tests.e2e.gateway import ROOT
 
@@ -78,6 +79,30 @@ class ParseTests(unittest.TestCase):
         ]
         for data, message in cases:
             self.assertError(data, message)
+
+    def test_workers_default_to_one_process(self):
+        self.assertEqual(parse_config({}).server.workers, 1)
+        self.assertEqual(parse_config({"server": {"workers": 64}}).server.workers, 64)
+
+    def test_workers_are_validated(self):
+        for value in (0, -1, 65, 1000):
+            self.assertError({"server": {"workers": value}},
+                             "config error: server.workers: must be an integer from 1 to 64")
+        for value in ("2", 2.0, True):
+            self.assertError({"server": {"workers": value}},
+                             "config error: server.workers: must be an integer")
+        self.assertError({"server": {"worker": 2}}, "config error: server.worker: unknown key")
+        self.assertError(
+            {"server": {"workers": 2}, "listeners": [{"endpoint": "unix:/run/m.sock"}]},
+            "config error: listeners[0].endpoint: a unix socket cannot be shared by workers "
+            "(server.workers > 1)")
+        parse_config({"listeners": [{"endpoint": "unix:/run/m.sock"}]})  # one process: fine
+
+    def test_config_as_data_parses_back_to_the_same_config(self):
+        # how a worker process gets its parent's config (mailgw.workers.channel)
+        config = load_config(os.path.join(ROOT, "etc", "mailgw.toml.example"))
+        data = json.loads(json.dumps(config_as_data(config)))
+        self.assertEqual(parse_config(data, source=config.source), config)
 
 
 class FileTests(unittest.TestCase):
