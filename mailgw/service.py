@@ -29,7 +29,7 @@ from mailgw.auth.throttle import FailureThrottle, SharedLockouts
 from mailgw.config import Config, ConfigError
 from mailgw.domains.lookup import monitor_lookup
 from mailgw.domains.monitor import DNSMonitor
-from mailgw.listeners import ListenerService, parse_endpoint
+from mailgw.listeners import AdoptedListenerService, ListenerService, parse_endpoint
 from mailgw.metrics import Metrics, TimedStore
 from mailgw.smtp.delivery import SubmissionDelivery
 from mailgw.smtp.factory import ProtocolSettings, SubmissionFactory
@@ -48,6 +48,7 @@ from mailgw.web.health import health_site
 from mailgw.webhooks.events import domain_checked
 from mailgw.webhooks.sender import tls_policy
 from mailgw.webhooks.service import WebhookService
+from mailgw.workers.pool import WorkerPool
 
 log = Logger()
 
@@ -106,9 +107,20 @@ def exit_status_at_end(code: int) -> None:
 
 class GatewayService(service.MultiService):
     """The whole gateway: listeners bound while privileged, the store opened
-    next, and what needs the store started once it is open."""
+    next, and what needs the store started once it is open.
 
-    def __init__(self, config: Config, reactor):
+    In a worker process (C{worker} given) it is the SMTP part only: the
+    listeners it inherited, its own store connection, the throttles and
+    their shared lock-outs; twistd's process serves everything else.
+    """
+
+    def __init__(self, config: Config, reactor, worker=None):
+        """
+        @param worker: in a worker process, what L{mailgw.workers.child}
+            knows: C{number}, C{sockets} (a C{(descriptor, address family)}
+            per C{[[listeners]]} table, in order) and C{enqueued} (called
+            after each committed enqueue, for the relay in twistd's process).
+        """
         super().__init__()
         #: fires once the store is open and its schema current
         self.ready = defer.Deferred()
@@ -142,16 +154,44 @@ class GatewayService(service.MultiService):
         #: what must not serve before the store is open (their C{ready} flags)
         self.gates = []
         self.factories = []
+        #: in a worker process: its number and the sockets it inherited
+        self.worker = worker
         self.listeners = [self._listener(i, listener)
                           for i, listener in enumerate(config.listeners)]
-        self.api = None
+        self.api = self.web = None
+        self.dns_monitor = self.relay = self.webhooks = None
+        #: the worker processes, started once the store is open (twistd's
+        #: process only, with [server] workers > 1; docs/deployment.md)
+        self.workers = None
+        if worker is None:
+            self._http_listeners()
+        for gate in self.gates:
+            gate.ready = False
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self.after_store = AfterStore(self.ready)
+        self.after_store.setServiceParent(self)
+        self.lockouts.setServiceParent(self.after_store)  # polls the operator's clears
+        if worker is None:
+            self._background_services()
+            if config.server.workers > 1:
+                self.workers = WorkerPool(config, reactor, self.listeners[:len(config.listeners)],
+                                          enqueued=self._enqueued_in_worker,
+                                          notify_enqueued=self.relay is not None)
+        else:
+            # the relay runs in twistd's process: tell it there is mail
+            self.directory.after_enqueue = worker.enqueued
+
+    def _http_listeners(self):
+        """The HTTP API, the web interface and the metrics listener: served
+        by twistd's process only, never by workers."""
+        config, reactor = self.config, self.reactor
         if config.http_api is not None:
             site = build_api_site(self.portal, self.core, config, reactor, self.metrics,
                                   store=self.store)
             self.gates.append(site.resource)
             self.api = api_listener_service(site, config, self.tls, reactor, self.metrics)
             self.listeners.append(self.api)
-        self.web = None
         if config.web is not None:
             self.web = self._web_listener()
             self.listeners.append(self.web)
@@ -162,15 +202,15 @@ class GatewayService(service.MultiService):
                 parse_endpoint(reactor, config.metrics.endpoint, "metrics.endpoint"), site,
                 config.metrics.endpoint, "metrics.endpoint",
                 "listening on {endpoint} at {host} port {port} (metrics and health)"))
-        for gate in self.gates:
-            gate.ready = False
-        for listener in self.listeners:
-            listener.setServiceParent(self)
-        self.after_store = AfterStore(self.ready)
-        self.after_store.setServiceParent(self)
-        self.lockouts.setServiceParent(self.after_store)  # polls the operator's clears
+
+    def _background_services(self):
+        """The relay, the webhook sender and the DNS monitor, once the store
+        is open: in twistd's process only. They claim their work with
+        leases and could run in every process, but one process keeps
+        C{[relay] concurrency} and the idle polls of the store what the
+        config says (docs/deployment.md)."""
+        config, reactor = self.config, self.reactor
         #: checks every domain's DNS records now and then (docs/dkim.md)
-        self.dns_monitor = None
         if config.dns.check_interval > 0:
             self.dns_monitor = DNSMonitor(
                 self.store, functools.partial(monitor_lookup, config, reactor), config.dns,
@@ -179,14 +219,12 @@ class GatewayService(service.MultiService):
             # not this node sends webhooks
             self.dns_monitor.after_check = functools.partial(domain_checked, self.store)
             self.dns_monitor.setServiceParent(self.after_store)
-        self.relay = None
         if config.relay.enabled:
             self.relay = RelayService(self.store, config.relay, reactor,
                                       hostname=config.hostname, metrics=self.metrics,
                                       stop_grace=config.shutdown_grace)
             self.directory.after_enqueue = self.relay.wake
             self.relay.setServiceParent(self.after_store)
-        self.webhooks = None
         if config.webhooks.enabled:
             # this node's own addresses are refused like loopback (looked up
             # once, here, as the relay does)
@@ -200,6 +238,10 @@ class GatewayService(service.MultiService):
                                            hostname=config.hostname, metrics=self.metrics,
                                            own=own, policy=policy)
             self.webhooks.setServiceParent(self.after_store)
+
+    def _enqueued_in_worker(self):
+        if self.relay is not None:
+            self.relay.wake()
 
     def _web_listener(self) -> ListenerService:
         """The web interface (docs/web.md) on the same store and guard as
@@ -232,11 +274,18 @@ class GatewayService(service.MultiService):
             wrapped = ProxyProtocolFactory(wrapped, listener.trusted_proxies, self.reactor,
                                            listener.tls_handshake_timeout)
         where = f"listeners[{index}].endpoint"
+        if self.worker is not None:
+            fd, family = self.worker.sockets[index]
+            return AdoptedListenerService(
+                self.reactor, fd, family, wrapped, listener.endpoint,
+                "accepting on {endpoint} at {host} port {port} (socket of the main process, "
+                f"tls={listener.tls})")
         return ListenerService(
             parse_endpoint(self.reactor, listener.endpoint, where), wrapped,
             listener.endpoint, where,
             "listening on {endpoint} at {host} port {port} "
-            f"(tls={listener.tls}, auth requires TLS: {listener.requires_tls_for_auth})")
+            f"(tls={listener.tls}, auth requires TLS: {listener.requires_tls_for_auth})",
+            shared=self.config.server.workers > 1)
 
     def startService(self):
         super().startService()
@@ -262,15 +311,24 @@ class GatewayService(service.MultiService):
             gate.ready = True
         log.info("store open: accepting mail")
         self.ready.callback(None)
+        if self.workers is not None and self.running:
+            self.workers.start()
 
     def _install_sighup(self):
         if self.tls is None:
             return
         try:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(
-                self.tls.reload_if_changed))
+                self._reload_everywhere))
         except ValueError:  # not the main thread (tests)
             pass
+
+    def _reload_everywhere(self):
+        """SIGHUP (C{systemctl reload}): the certificate here, and in every
+        worker, which reloads its own."""
+        self.tls.reload_if_changed()
+        if self.workers is not None:
+            self.workers.signal_all("HUP")
 
     def _failed_to_start(self, failure):
         self._cannot_start(f"cannot open the store {_without_password(self.config.database.url)}"
@@ -287,12 +345,20 @@ class GatewayService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Stop accepting; drain sessions within the grace period; close."""
+        """Stop accepting; drain sessions within the grace period; close.
+
+        Workers are told first, so that they drain theirs meanwhile; the
+        shared sockets close once every worker has ended."""
         reload = getattr(self, "_reload", None)
         if reload is not None and reload.running:
             reload.stop()
+        workers_ended = self.workers.stop() if self.workers is not None else None
         yield super().stopService()  # the listeners stop accepting
         yield self._drain_sessions(self.config.shutdown_grace)
+        if workers_ended is not None:
+            yield workers_ended
+            for listener in self.listeners[:len(self.config.listeners)]:
+                yield listener.close()
         yield self.raw_store.close()
         log.info("mailgw stopped")
 
@@ -331,7 +397,7 @@ def _without_password(url: str) -> str:
 
 
 def build_service(config: Config, reactor) -> GatewayService:
-    """The gateway for C{config}.
+    """The gateway for C{config} (in twistd's process).
 
     @raise mailgw.listeners.StartupError: a listener's endpoint does not parse.
     @raise mailgw.tls.TLSConfigError: the TLS files or settings cannot be used.
