@@ -445,6 +445,7 @@ async def config_check(reactor, config, args) -> Output:
     data = {
         "config": config.source,
         "hostname": config.hostname,
+        "workers": config.server.workers,
         "listeners": [listener_json(listener) for listener in config.listeners],
         "http_api": None if api is None else {
             "endpoint": api.endpoint, "tls": api.tls, "max_connections": api.max_connections,
@@ -579,7 +580,10 @@ def _check_text(data: dict) -> str:
     api, tls, database, spool = (data["http_api"], data["tls"], data["database"],
                                  data["spool_directory"])
     listeners = table(LISTENER_COLUMNS, data["listeners"], "none")
+    workers = data["workers"]
     lines = [f"config OK: {data['config']}", line("hostname", data["hostname"]),
+             line("workers", "1 process" if workers == 1 else
+                  f"{workers} processes serving SMTP (twistd's and {workers - 1} workers)"),
              "listeners:", "\n".join("  " + row for row in listeners.splitlines())]
     lines.append(line("http_api", "off" if api is None else
                       f"{api['endpoint']} (https: {cell(api['tls'])}, max connections "

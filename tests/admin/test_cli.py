@@ -739,6 +739,7 @@ class ConfigCheckTests(CLITestCase):
         await self.store()  # upgraded
         data = await self.json("config", "check")
         self.assertEqual(data["config"], self.config)
+        self.assertEqual(data["workers"], 1)
         self.assertEqual(data["listeners"], [
             {"endpoint": "tcp:587:interface=0.0.0.0", "tls": "starttls",
              "auth_requires_tls": True, "proxy_protocol": False, "max_connections": 1000,
@@ -772,8 +773,9 @@ class ConfigCheckTests(CLITestCase):
         self.assertNotIn("relay-secret", text)
         lines = text.splitlines()
         self.assertEqual(lines[0], f"config OK: {self.config}")
-        self.assertEqual(lines[3].split()[:3], ["ENDPOINT", "TLS", "AUTH"])
-        self.assertEqual(lines[5].split(), ["tcp:465:interface=0.0.0.0", "implicit", "yes", "no",
+        self.assertEqual(lines[2], "workers:         1 process")
+        self.assertEqual(lines[4].split()[:3], ["ENDPOINT", "TLS", "AUTH"])
+        self.assertEqual(lines[6].split(), ["tcp:465:interface=0.0.0.0", "implicit", "yes", "no",
                                             "20", "5"])
         self.assertIn(f"database:        sqlite:{self.database} (schema version {LATEST}, "
                       "current)\n",
