@@ -36,7 +36,7 @@ MAX_DELAY = 60.0
 #: its restart waits BASE_DELAY again
 STABLE_AFTER = 30.0
 #: seconds past C{shutdown_grace} a worker may take to end before it is killed
-KILL_AFTER = 10.0
+KILL_AFTER = 5.0
 #: where a worker finds its inherited sockets: descriptors 3, 4, ... in
 #: C{[[listeners]]} order (0, 1 and 2 are the pipes)
 FIRST_SOCKET_FD = 3
