@@ -213,6 +213,7 @@ class ExampleConfigTests(unittest.TestCase):
                     "web": config_module.WebConfig,
                     "dns": config_module.DNSConfig,
                     "webhooks": config_module.WebhooksConfig,
+                    "server": config_module.ServerConfig,
                     "listeners": config_module.ListenerConfig}
         top = [f for f in dataclasses.fields(config_module.Config)
                if not f.metadata.get("internal")]
