@@ -5,7 +5,9 @@ properly in mailgw/ (``python -m bench.run --variants "nolog+notouch"``).
 Levers first measured here and now built into mailgw had their prototypes
 removed: group commit, the one-second directory cache (AUTH look-ups included),
 one CSPRNG read per token and the ASCII fast path before IDNA; "onehop" went
-too (it was a copy of mailgw.smtp.delivery.commit_message to keep in step).
+too (it was a copy of mailgw.smtp.delivery.commit_message to keep in step),
+and so did "workersN" (N processes with SO_REUSEPORT): the real C{[server]
+workers} setting is measured as the "mailgw-w2" row instead.
 bench/RESULTS.md keeps what each gave.
 
 These are prototypes and upper bounds for measurement only. Some change
@@ -16,8 +18,6 @@ by the real gateway.
   nosync      PRAGMA synchronous=NORMAL: what the fsync costs (NOT durable)
   notouch     a credential's last_used_at is written at most once a minute
   nodkim      the relay sends every message unsigned (scenario (e)'s "DKIM off")
-  reuseport   listening sockets get SO_REUSEPORT (used by "workersN": N
-              gateway processes on one port, the kernel spreading connections)
 
 Run as ``python -c "import bench.levers as l; l.main()" LEVERS twistd-args...``.
 """
@@ -80,23 +80,8 @@ def _no_touch():
     base.Store.touch_credential = seldom
 
 
-@lever("reuseport")
-def _reuse_port():
-    import socket
-
-    from twisted.internet import tcp
-    create = tcp.Port.createInternetSocket
-
-    def reusable(self):
-        s = create(self)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        return s
-    tcp.Port.createInternetSocket = reusable
-
-
 def apply(names: str) -> list[str]:
-    chosen = [n for n in names.split("+") if n and n != "base"
-              and not n.startswith("workers")]
+    chosen = [n for n in names.split("+") if n and n != "base"]
     for name in chosen:
         if name not in LEVERS:
             raise SystemExit(f"bench.levers: unknown lever {name!r} (know {sorted(LEVERS)})")

@@ -20,7 +20,8 @@ the second in the reverse order):
   (f) the HTTP API: 5,000 POST /api/v1/send/raw of 10 kB from 50 keep-alive
       connections (bench/api.py); mailgw only
 
---variants also runs mailgw patched with bench/levers.py (what-if experiments).
+--variants also runs mailgw patched with bench/levers.py (what-if experiments);
+--servers mailgw,mailgw-w2 also runs it with [server] workers = 2.
 
 Server CPU is /proc/PID/stat utime+stime (every thread) before and after;
 peak RSS is VmHWM after resetting it (clear_refs), with VmRSS sampling as a
@@ -455,9 +456,11 @@ def parse_args(argv):
     parser.add_argument("--scenarios", default="a,b,c,d,d',e,f",
                         help="comma-separated of a,b,c,d,d',e,f (default: all)")
     parser.add_argument("--servers", default="mailgw,mailgw-pg,aiosmtpd,haraka",
-                        help="comma-separated of mailgw,mailgw-pg,aiosmtpd,haraka "
-                             "(mailgw-pg: mailgw on a durable PostgreSQL; it and haraka are "
-                             "left out, with a note, when PostgreSQL or npm are missing)")
+                        help="comma-separated of mailgw,mailgw-w2,mailgw-pg,aiosmtpd,haraka "
+                             "(mailgw-w2: mailgw with [server] workers = 2, its CPU and memory "
+                             "summed over both processes; mailgw-pg: mailgw on a durable "
+                             "PostgreSQL; it and haraka are left out, with a note, when "
+                             "PostgreSQL or npm are missing)")
     parser.add_argument("--variants", default="", metavar="LEVERS,...",
                         help="also measure mailgw patched with these lever sets "
                              "(bench/levers.py), e.g. nolog,nosync+notouch")
@@ -494,6 +497,7 @@ def main(argv=None) -> int:
         password = servers.seed_tenant(config)
         context = load.client_tls_context()
         processes = {"mailgw": lambda: servers.mailgw_process(folder, config),
+                     "mailgw-w2": lambda: servers.mailgw_workers_process(folder, config, 2),
                      "aiosmtpd": lambda: servers.baseline_process(folder, cert, key_path,
                                                                   password)}
         passwords = {}

@@ -4,7 +4,9 @@
 mailgw runs as it would in production (``twistd -n mailgw``, SQLite in WAL
 with ``synchronous=FULL``, a STARTTLS listener, an ECDSA P-256 certificate),
 with a throwaway folder, a seeded tenant, no metrics listener and no relay.
-The baseline is L{bench.baseline_server} (aiosmtpd, accept and discard).
+With C{[server] workers} (the "mailgw-w2" row) its worker processes are
+measured with it. The baseline is L{bench.baseline_server} (aiosmtpd, accept
+and discard).
 Both are found ready by their "listening on ... port N" line, not by sleeping.
 """
 from __future__ import annotations
@@ -37,6 +39,22 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of C{pid}, and theirs (Linux: /proc/PID/task/*/children)."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return found + [grandchild for child in found for grandchild in children(child)]
 
 
 def machine_busy_seconds() -> float:
@@ -100,7 +118,9 @@ class ServerProcess:
 
     @property
     def pids(self) -> list[int]:
-        return [self.process.pid]
+        """The server's process and its children (mailgw's workers), so
+        that CPU and memory are summed over all of them."""
+        return [self.process.pid, *children(self.process.pid)]
 
     def start(self) -> ServerProcess:
         offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
@@ -212,41 +232,6 @@ def seed_tenant(config: str) -> str:
     return credential["key"]
 
 
-class ProcessGroup:
-    """N gateway processes sharing one port (SO_REUSEPORT), measured as one."""
-
-    def __init__(self, name: str, members: list[ServerProcess]):
-        self.name = name
-        self.members = members
-        self.port = None
-
-    @property
-    def pid(self) -> int:
-        return self.members[0].pid
-
-    @property
-    def pids(self) -> list[int]:
-        return [m.pid for m in self.members]
-
-    def start(self) -> ProcessGroup:
-        try:
-            for member in self.members:
-                member.start()
-        except BaseException:
-            self.stop()
-            raise
-        ports = {m.port for m in self.members}
-        if len(ports) != 1:
-            self.stop()
-            raise RuntimeError(f"{self.name}: workers listen on different ports {ports}")
-        self.port = ports.pop()
-        return self
-
-    def stop(self) -> None:
-        for member in self.members:
-            member.stop()
-
-
 def free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -254,24 +239,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mailgw_process(folder: str, config: str, levers: str = ""):
+def mailgw_process(folder: str, config: str, levers: str = "") -> ServerProcess:
     """``twistd -n mailgw``; with C{levers} ("nolog+notouch"), patched by
-    L{bench.levers} first (what-if experiments only); "workersN" among them
-    starts N processes on one port."""
-    tokens = [t for t in levers.split("+") if t]
-    workers = next((int(t[7:]) for t in tokens if t.startswith("workers")), 1)
-    if workers > 1:
-        with open(config) as f:
-            text = f.read().replace("tcp:0:", f"tcp:{free_port()}:")
-        shared = os.path.join(folder, "mailgw-workers.toml")
-        with open(shared, "w") as f:
-            f.write(text)
-        patches = "+".join([t for t in tokens if not t.startswith("workers")]
-                           + ["reuseport"])
-        members = [_twistd(folder, shared, patches, f"twistd-w{n}.log")
-                   for n in range(workers)]
-        return ProcessGroup(f"mailgw+{levers}", members)
+    L{bench.levers} first (what-if experiments only)."""
     return _twistd(folder, config, levers, "twistd.log")
+
+
+def mailgw_workers_process(folder: str, config: str, workers: int) -> ServerProcess:
+    """``twistd -n mailgw`` with C{[server] workers = N} (the "mailgw-wN"
+    row): the same config with the setting added, ready once its last worker
+    has opened its store, measured with every worker (L{ServerProcess.pids})."""
+    with open(config) as f:
+        text = f.read()
+    path = os.path.join(folder, f"mailgw-w{workers}.toml")
+    with open(path, "w") as f:
+        f.write(text + f"[server]\nworkers = {workers}\n")
+    found = _twistd(folder, path, "", f"twistd-w{workers}.log")
+    found.name = f"mailgw-w{workers}"
+    found.ready = f"worker {workers - 1}: store open: accepting mail"
+    return found
 
 
 def _twistd(folder: str, config: str, levers: str, log_name: str) -> ServerProcess:
