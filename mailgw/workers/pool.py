@@ -37,6 +37,11 @@ MAX_DELAY = 60.0
 STABLE_AFTER = 30.0
 #: seconds past C{shutdown_grace} a worker may take to end before it is killed
 KILL_AFTER = 5.0
+#: the interpreter this process runs in, as the kernel has it open: a worker
+#: started through it needs no search permission on the folders of
+#: C{sys.executable}'s path, which the user twistd switched to may lack (a
+#: virtualenv whose interpreter lives in root's home)
+RUNNING_INTERPRETER = "/proc/self/exe"
 #: where a worker finds its inherited sockets: descriptors 3, 4, ... in
 #: C{[[listeners]]} order (0, 1 and 2 are the pipes)
 FIRST_SOCKET_FD = 3
@@ -100,13 +105,17 @@ class WorkerPool:
         @param enqueued: called when a worker has committed a message.
         @param notify_enqueued: whether workers should say so (a relay runs here).
         @param command: the worker's argv before its options (tests);
-            default C{python -m mailgw.workers.child}.
+            default C{python -m mailgw.workers.child}, run by this process's
+            own interpreter (L{RUNNING_INTERPRETER} where there is one).
         """
         self.config = config
         self.reactor = reactor
         self.listeners = listeners
         self.enqueued = enqueued
         self.command = command or [sys.executable, "-m", "mailgw.workers.child"]
+        self.executable = self.command[0]
+        if command is None and os.path.exists(RUNNING_INTERPRETER):
+            self.executable = RUNNING_INTERPRETER
         self.workers = {n: Worker(n) for n in range(1, config.server.workers)}
         self.stopping = False
         self.notify_enqueued = notify_enqueued
@@ -127,10 +136,18 @@ class WorkerPool:
             child_fds[FIRST_SOCKET_FD + i] = fd
             argv += ["--socket", f"{FIRST_SOCKET_FD + i}:{socket.AddressFamily(family).name}"]
         process = WorkerProtocol(self, worker)
-        worker.ended = defer.Deferred()
         worker.started_at = self.reactor.seconds()
-        worker.transport = self.reactor.spawnProcess(
-            process, argv[0], argv, env=dict(os.environ), childFDs=child_fds)
+        try:
+            worker.transport = self.reactor.spawnProcess(
+                process, self.executable, argv, env=dict(os.environ), childFDs=child_fds)
+        except Exception:
+            worker.crashes += 1
+            delay = restart_delay(worker.crashes)
+            log.failure("worker {n} could not be started; trying again in {delay:g} s",
+                        n=worker.number, delay=delay)
+            worker.restart = self.reactor.callLater(delay, self._spawn, worker)
+            return
+        worker.ended = defer.Deferred()
         worker.pid = worker.transport.pid
         worker.transport.writeToChild(0, Handshake(self.config, self.notify_enqueued).encode())
         log.info("worker {n} started (pid {pid})", n=worker.number, pid=worker.pid)

@@ -47,8 +47,14 @@ class ProcessReactor(Clock):
     def __init__(self):
         super().__init__()
         self.spawned = []
+        self.executables = []
+        #: exceptions the next spawns raise
+        self.failures = []
 
     def spawnProcess(self, protocol, executable, args, env=None, childFDs=None):
+        if self.failures:
+            raise self.failures.pop(0)
+        self.executables.append(executable)
         protocol.ended = False
         process = FakeProcess(1000 + len(self.spawned), protocol)
         self.spawned.append((process, args, childFDs))
@@ -139,6 +145,23 @@ class PoolTests(unittest.TestCase):
             process.end(signal_number=9)
         self.successResultOf(stopped)
         self.assertEqual(len(self.logged("did not stop in time: killed")), 2)
+
+    def test_a_worker_that_cannot_be_spawned_is_tried_again(self):
+        self.reactor.failures = [PermissionError(13, "Permission denied")] * 2
+        self.pool.start()
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 2)
+        self.assertEqual(len(self.logged("worker 2 could not be started; trying again in 1 s")),
+                         1)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
+    def test_workers_run_in_this_process_interpreter(self):
+        # by default; the command given here (as tests do) is run as it is
+        self.pool.start()
+        self.assertEqual(set(self.reactor.executables), {"worker"})
+        default = pool.WorkerPool(self.config, self.reactor, [], enqueued=lambda: None)
+        self.assertEqual(default.command[1:], ["-m", "mailgw.workers.child"])
+        self.assertEqual(default.executable, pool.RUNNING_INTERPRETER)
 
     def test_sighup_is_passed_on(self):
         self.pool.start()
