@@ -627,3 +627,40 @@ class RunAsTheUnitTests(unittest.TestCase):
         self.assertIn(status, (0, -signal.SIGTERM), self.unit.log())
         self.unit.wait_for_log("mailgw stopped", 5)
         self.assertEqual(idle.getreply()[0], 421)  # the idle session was told
+
+
+class RunAsTheUnitWithWorkersTests(RunAsTheUnitTests):
+    """The same with C{[server] workers = 2} (docs/deployment.md, "Several
+    processes on one machine"): the worker process, started by the gateway
+    after it has bound the low ports, needs no privilege of its own, runs
+    under the same confinement, reloads its certificate on the unit's
+    ExecReload and stops within TimeoutStopSec."""
+
+    def setUp(self):
+        super().setUp()
+        self.unit.wait_for_log("worker 1: store open: accepting mail")
+
+    def config_text(self) -> str:
+        return super().config_text() + "[server]\nworkers = 2\n"
+
+    def worker_pid(self) -> int:
+        return int(re.search(r"worker 1 started \(pid (\d+)\)", self.unit.log()).group(1))
+
+    def test_the_worker_is_confined_as_the_gateway(self):
+        with open(f"/proc/{self.worker_pid()}/status") as f:
+            worker = {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+        gateway = self.proc_status()
+        self.assertEqual(worker["PPid"], [str(self.unit.process.pid)])
+        for field in ("Uid", "Gid", "CapEff", "CapPrm", "CapAmb", "CapBnd", "NoNewPrivs",
+                      "Seccomp"):
+            self.assertEqual(worker[field], gateway[field], field)
+
+    def test_reload_serves_the_new_certificate(self):
+        fingerprint = self.write_certificate()
+        reload = [str(self.unit.process.pid) if arg == "$MAINPID" else arg
+                  for arg in shlex.split(service("ExecReload"))]
+        subprocess.run(self.as_user(reload), env=self.environment(), check=True, timeout=30)
+        self.unit.wait_for_log("worker 1: TLS certificate reloaded")
+        self.unit.wait_for_log("] TLS certificate reloaded")  # twistd's own
+        # whichever process a connection reaches serves the new certificate
+        self.assertEqual({self.served_fingerprint() for _ in range(6)}, {fingerprint})
