@@ -118,8 +118,9 @@ class GatewayService(service.MultiService):
         """
         @param worker: in a worker process, what L{mailgw.workers.child}
             knows: C{number}, C{sockets} (a C{(descriptor, address family)}
-            per C{[[listeners]]} table, in order) and C{enqueued} (called
-            after each committed enqueue, for the relay in twistd's process).
+            per C{[[listeners]]} table, in order), C{enqueued} (called
+            after each committed enqueue, for the relay in twistd's process)
+            and C{tls_pem} (the certificate and key twistd's process serves).
         """
         super().__init__()
         #: fires once the store is open and its schema current
@@ -133,7 +134,10 @@ class GatewayService(service.MultiService):
         self.store = TimedStore(self.raw_store, self.metrics)
         #: what sessions read on the message path: reused for up to a second
         self.directory = CachingDirectory(self.store, reactor)
-        self.tls = TLSOptions.from_config(config.tls, self.metrics) if config.tls else None
+        self.tls = TLSOptions.from_config(
+            config.tls, self.metrics,
+            # a worker serves the pair twistd's process read, maybe as root
+            contents=None if worker is None else worker.tls_pem) if config.tls else None
         #: the end of every submission, SMTP and HTTP alike
         self.core = SubmissionCore(self.directory, reactor, CoreSettings(
             config.hostname, config.limits.max_message_size, config.limits.max_header_size,
@@ -177,7 +181,8 @@ class GatewayService(service.MultiService):
             if config.server.workers > 1:
                 self.workers = WorkerPool(config, reactor, self.listeners[:len(config.listeners)],
                                           enqueued=self._enqueued_in_worker,
-                                          notify_enqueued=self.relay is not None)
+                                          notify_enqueued=self.relay is not None,
+                                          tls=self.tls)
         else:
             # the relay runs in twistd's process: tell it there is mail
             self.directory.after_enqueue = worker.enqueued

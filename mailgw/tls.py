@@ -115,21 +115,25 @@ def _ignore_alpn(connection, offered):
 
 
 def _load(certificate: str, private_key: str, min_version: str, ciphers: str,
-          curves) -> tuple[ssl.CertificateOptions, x509.Certificate]:
+          curves, contents: tuple[bytes, bytes] | None = None
+          ) -> tuple[ssl.CertificateOptions, x509.Certificate, tuple[bytes, bytes]]:
     """Read and check the PEM chain (leaf first) and key, and build the
     options.
 
-    @return: C{CertificateOptions} whose context is made and finished, and
-        the leaf certificate.
+    @param contents: the two files' bytes, already read (by twistd's
+        process, for a worker); C{None}: read them now.
+    @return: C{CertificateOptions} whose context is made and finished, the
+        leaf certificate, and the two files' bytes.
     @raise TLSConfigError: a file cannot be read or used, the key does not
         belong to the certificate, or a setting is wrong.
     """
+    certificate_pem, key_pem = contents or (_read(certificate), _read(private_key))
     try:
-        chain = x509.load_pem_x509_certificates(_read(certificate))
+        chain = x509.load_pem_x509_certificates(certificate_pem)
     except ValueError:
         raise TLSConfigError(f"{certificate}: no PEM certificate found") from None
     try:
-        key = serialization.load_pem_private_key(_read(private_key), password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
         raise TLSConfigError(f"{private_key}: not an unencrypted PEM private key") from None
     if _public_key_bytes(chain[0].public_key()) != _public_key_bytes(key.public_key()):
@@ -156,7 +160,7 @@ def _load(certificate: str, private_key: str, min_version: str, ciphers: str,
             context.set_tmp_ecdh(curve)
     except SSL.Error as e:
         raise TLSConfigError(f"tls.certificate {certificate}: cannot be used: {e}") from None
-    return options, chain[0]
+    return options, chain[0], (certificate_pem, key_pem)
 
 
 def load_certificate_options(certificate: str, private_key: str,
@@ -181,7 +185,8 @@ class TLSOptions:
 
     def __init__(self, certificate: str, private_key: str, min_version: str = "1.2",
                  ciphers: str = "", *, curves=DEFAULT_CURVES,
-                 expiry_warning_days: int = 14, metrics=None):
+                 expiry_warning_days: int = 14, metrics=None,
+                 contents: tuple[bytes, bytes] | None = None):
         """
         @param certificate: the PEM chain, leaf first.
         @param private_key: the leaf's unencrypted PEM key.
@@ -194,27 +199,43 @@ class TLSOptions:
         @param metrics: the gateway's L{mailgw.metrics.Metrics}, whose
             C{tls_certificate_expiry} gauge gets the certificate's notAfter;
             or None.
+        @param contents: the certificate's and the key's bytes as twistd's
+            process read them (L{pem}), for a worker process, which may not
+            be allowed to read the key (C{twistd -u}); later reloads read
+            the files. C{None}: read the files now.
         @raise TLSConfigError: the files cannot be used, or a setting is wrong.
         """
         self._files = (certificate, private_key)
         self._settings = (min_version, ciphers, tuple(curves))
         self._warning_days = expiry_warning_days
         self._metrics = metrics
-        self._options, leaf = _load(certificate, private_key, *self._settings)
-        self._stamp = self._mtimes()
+        self._options, leaf, self._pem = _load(certificate, private_key, *self._settings,
+                                               contents=contents)
+        try:
+            self._stamp = self._mtimes()
+        except OSError:  # a worker that cannot see them: reloads will say so
+            self._stamp = None
         #: the modification times of files that failed to load, not retried
         self._refused = None
         self._check_expiry(leaf)
 
     @classmethod
-    def from_config(cls, tls_config, metrics=None):
+    def from_config(cls, tls_config, metrics=None, contents=None):
         """The options of a L{mailgw.config.TLSConfig}.
 
         @param metrics: as for L{TLSOptions}.
+        @param contents: as for L{TLSOptions}.
         """
         return cls(tls_config.certificate, tls_config.private_key,
                    tls_config.min_version, tls_config.ciphers, curves=tls_config.curves,
-                   expiry_warning_days=tls_config.expiry_warning_days, metrics=metrics)
+                   expiry_warning_days=tls_config.expiry_warning_days, metrics=metrics,
+                   contents=contents)
+
+    def pem(self) -> tuple[bytes, bytes]:
+        """The certificate chain's and the key's bytes now served, for a
+        worker process (docs/deployment.md, "Several processes on one
+        machine")."""
+        return self._pem
 
     def _mtimes(self):
         return tuple(os.stat(p).st_mtime_ns for p in self._files)
@@ -250,11 +271,11 @@ class TLSOptions:
             if stamp == self._stamp or stamp == self._refused:
                 return False
             self._refused = stamp
-            options, leaf = _load(*self._files, *self._settings)
+            options, leaf, pem = _load(*self._files, *self._settings)
         except (OSError, TLSConfigError) as e:
             log.error("TLS certificate not reloaded: {why}", why=str(e))
             return False
-        self._options, self._stamp, self._refused = options, stamp, None
+        self._options, self._pem, self._stamp, self._refused = options, pem, stamp, None
         log.info("TLS certificate reloaded from {path}", path=self._files[0])
         self._check_expiry(leaf)
         return True

@@ -2,7 +2,8 @@
 
   - the worker's standard input: one line from twistd's process, the JSON
     L{Handshake} (the config it read, as TOML data: a worker never reads the
-    file, which may have been edited since), then nothing; its end of file
+    file, which may have been edited since; and the TLS certificate and key
+    it serves, which it may have read as root), then nothing; its end of file
     means twistd's process is gone, and the worker stops;
   - the worker's standard output: one JSON object a line, either a log
     event in the shape of C{mailgw.logs.event_as_json} or a notice
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.logger import FileLogObserver
 
@@ -32,18 +33,24 @@ class Handshake:
     config: Config
     #: whether to send L{ENQUEUED} notices (twistd's process runs a relay)
     notify_enqueued: bool
+    #: the PEM certificate chain and key twistd's process serves, or C{None}
+    tls_pem: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
     def encode(self) -> bytes:
+        pem = None if self.tls_pem is None else [p.decode("ascii") for p in self.tls_pem]
         return json.dumps({"config": config_as_data(self.config),
                            "source": self.config.source,
-                           "notify_enqueued": self.notify_enqueued}).encode() + b"\n"
+                           "notify_enqueued": self.notify_enqueued,
+                           "tls_pem": pem}).encode() + b"\n"
 
     @classmethod
     def decode(cls, line: bytes) -> Handshake:
         """@raise ValueError: not a handshake (or its config does not parse)."""
         data = json.loads(line)
+        pem = data.get("tls_pem")
         return cls(parse_config(data["config"], source=data["source"]),
-                   bool(data["notify_enqueued"]))
+                   bool(data["notify_enqueued"]),
+                   None if pem is None else tuple(p.encode("ascii") for p in pem))
 
 
 def read_handshake(fd: int = 0) -> Handshake:

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable
 
 from twisted.internet import main as reactor_main
@@ -42,6 +42,8 @@ class WorkerRole:
     sockets: tuple[tuple[int, int], ...]
     #: called after each committed enqueue
     enqueued: Callable[[], None]
+    #: the TLS certificate chain and key twistd's process serves, or C{None}
+    tls_pem: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
 
 @implementer(IReadDescriptor)
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
     from mailgw.tls import TLSConfigError
     notify = (lambda: channel.notice(ENQUEUED)) if handshake.notify_enqueued else (
         lambda: None)
-    role = WorkerRole(args.worker, _sockets(args.socket), notify)
+    role = WorkerRole(args.worker, _sockets(args.socket), notify, handshake.tls_pem)
     try:
         gateway = GatewayService(handshake.config, reactor, worker=role)
     except (TLSConfigError, ConfigError) as e:

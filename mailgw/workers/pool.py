@@ -98,12 +98,14 @@ class WorkerPool:
     """
 
     def __init__(self, config, reactor, listeners, enqueued, notify_enqueued=True,
-                 command=None):
+                 tls=None, command=None):
         """
         @param listeners: the SMTP L{mailgw.listeners.ListenerService}s, bound
             and shared, in C{[[listeners]]} order.
         @param enqueued: called when a worker has committed a message.
         @param notify_enqueued: whether workers should say so (a relay runs here).
+        @param tls: the L{mailgw.tls.TLSOptions} served here, whose current
+            certificate and key each worker gets at its start; or C{None}.
         @param command: the worker's argv before its options (tests);
             default C{python -m mailgw.workers.child}, run by this process's
             own interpreter (L{RUNNING_INTERPRETER} where there is one).
@@ -119,6 +121,7 @@ class WorkerPool:
         self.workers = {n: Worker(n) for n in range(1, config.server.workers)}
         self.stopping = False
         self.notify_enqueued = notify_enqueued
+        self.tls = tls
 
     def start(self) -> None:
         """Start every worker (in twistd's process, after the privilege drop)."""
@@ -149,7 +152,9 @@ class WorkerPool:
             return
         worker.ended = defer.Deferred()
         worker.pid = worker.transport.pid
-        worker.transport.writeToChild(0, Handshake(self.config, self.notify_enqueued).encode())
+        pem = None if self.tls is None else self.tls.pem()
+        worker.transport.writeToChild(
+            0, Handshake(self.config, self.notify_enqueued, pem).encode())
         log.info("worker {n} started (pid {pid})", n=worker.number, pid=worker.pid)
 
     def ended(self, worker: Worker, reason) -> None:

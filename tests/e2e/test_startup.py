@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import grp
 import shutil
 import smtplib
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import time
 
 from twisted.trial import unittest
 
@@ -97,7 +99,11 @@ class PrivilegeDropTests(unittest.TestCase):
         self.user = pwd.getpwnam("nobody")
         self.group = grp.getgrnam("nogroup")
 
-    def test_low_ports_then_unprivileged(self):
+    def start_gateway(self, tables: str = ""):
+        """The gateway on two free low ports, its key readable by root only.
+
+        @return: the running L{Gateway}, the TLS folder and the two ports.
+        """
         # Not under _trial_temp: its folders are 0700, closed to the user.
         folder = tempfile.mkdtemp(prefix="mailgw-privdrop-")
         os.chmod(folder, 0o755)
@@ -117,7 +123,7 @@ class PrivilegeDropTests(unittest.TestCase):
             listeners=[{"endpoint": f"tcp:{starttls}:interface=127.0.0.1", "tls": "starttls"},
                        {"endpoint": f"tcp:{implicit}:interface=127.0.0.1", "tls": "implicit"}],
             tls={"certificate": os.path.join(tls, "cert.pem"),
-                 "private_key": os.path.join(tls, "key.pem")})
+                 "private_key": os.path.join(tls, "key.pem")}, tables=tables)
         data = os.path.join(folder, "data")
         os.makedirs(data)
         os.chown(data, self.user.pw_uid, self.group.gr_gid)
@@ -126,6 +132,11 @@ class PrivilegeDropTests(unittest.TestCase):
         gateway = Gateway(folder, config, twistd_args=("--uid", "nobody", "--gid", "nogroup"))
         self.addCleanup(gateway.stop)
         gateway.start(2)
+        return gateway, folder, tls, starttls, implicit
+
+    def test_low_ports_then_unprivileged(self):
+        gateway, folder, tls, starttls, implicit = self.start_gateway()
+        data = os.path.join(folder, "data")
         self.assertEqual(sorted(p for _, p in gateway.ports), sorted([starttls, implicit]))
         with open(f"/proc/{gateway.process.pid}/status") as f:
             uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
@@ -138,3 +149,24 @@ class PrivilegeDropTests(unittest.TestCase):
         with smtplib.SMTP("localhost", starttls, timeout=30) as client:
             client.starttls(context=context)
             self.assertEqual(client.ehlo()[0], 250)
+
+    def test_workers_after_the_switch(self):
+        """With [server] workers = 2 the worker is started as the user, serves
+        the low ports twistd bound, and the key only root may read."""
+        gateway, _, tls, starttls, implicit = self.start_gateway("[server]\nworkers = 2")
+        deadline = time.monotonic() + 20
+        while "worker 1: store open: accepting mail" not in gateway.log():
+            self.assertLess(time.monotonic(), deadline, gateway.log())
+            time.sleep(0.05)
+        pid = int(re.search(r"worker 1 started \(pid (\d+)\)", gateway.log()).group(1))
+        with open(f"/proc/{pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        self.assertEqual({int(u) for u in uids}, {self.user.pw_uid})
+        context = ssl.create_default_context(cafile=os.path.join(tls, "cert.pem"))
+        for _ in range(8):  # new connections, to whichever process takes them
+            with smtplib.SMTP_SSL("localhost", implicit, context=context, timeout=30) as client:
+                self.assertEqual(client.ehlo()[0], 250)
+            with smtplib.SMTP("localhost", starttls, timeout=30) as client:
+                client.starttls(context=context)
+                self.assertEqual(client.ehlo()[0], 250)
+        self.assertNotIn("could not", gateway.log())

@@ -28,11 +28,15 @@ class ChannelTests(unittest.TestCase):
         read, write = self.pipe()
         config = parse_config({"hostname": "mx.example", "server": {"workers": 4},
                                "relay": {"password": "secret"}}, source="/etc/m.toml")
-        os.write(write, Handshake(config, notify_enqueued=False).encode())
+        pem = (b"-----BEGIN CERTIFICATE-----\n...\n", b"-----BEGIN PRIVATE KEY-----\n...\n")
+        os.write(write, Handshake(config, notify_enqueued=False, tls_pem=pem).encode())
         handshake = read_handshake(read)
         self.assertEqual(handshake.config, config)
         self.assertEqual(handshake.config.source, "/etc/m.toml")
         self.assertFalse(handshake.notify_enqueued)
+        self.assertEqual(handshake.tls_pem, pem)
+        self.assertNotIn("PRIVATE KEY", repr(handshake))
+        self.assertNotIn("secret", repr(handshake))
 
     def test_no_handshake(self):
         read, write = self.pipe()
