@@ -12,23 +12,28 @@ from twisted.trial import unittest
 from mailgw.listeners import AdoptedListenerService, ListenerService, address_family
 
 
+class Accepted(protocol.Protocol):
+    def connectionMade(self):
+        self.factory.made(self)
+
+
 class Accepting(protocol.Factory):
-    """Fires C{accepted} with the first connection's protocol."""
+    """Fires C{accepted} with the first connection's protocol, once connected."""
+
+    protocol = Accepted
 
     def __init__(self):
         self.accepted = defer.Deferred()
         self.built = []
 
-    def close_all(self):
-        for built in self.built:
-            built.transport.abortConnection()
-
-    def buildProtocol(self, addr):
-        built = protocol.Protocol()
+    def made(self, built):
         self.built.append(built)
         if not self.accepted.called:
             self.accepted.callback(built)
-        return built
+
+    def close_all(self):
+        for built in self.built:
+            built.transport.abortConnection()
 
 
 class SharedSocketTests(unittest.TestCase):
