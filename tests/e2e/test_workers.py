@@ -6,7 +6,9 @@ its worker process on one STARTTLS listener, many smtplib clients at once.
     worker's log lines);
   - SIGTERM to twistd stops the worker too, and leaves no process behind;
   - a worker killed with SIGKILL is logged with its signal and started again;
-  - a worker whose twistd process is killed with SIGKILL stops by itself.
+  - a worker whose twistd process is killed with SIGKILL stops by itself;
+  - the relay, in twistd's process, sends a message a worker took at once,
+    not at its next poll.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import smtplib
 import threading
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task, threads
 
 from mailgw.admin.devsetup import make_certificate
 from mailgw.store import open_store
-from tests.e2e.test_submission import QUEUED, GatewayTestBase
+from tests.e2e.gateway import send_smtp
+from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.e2e.test_tls import client_context
+from tests.relay.sink import Sink
 
 CLIENTS = 8
 MESSAGES_PER_CLIENT = 5
@@ -167,3 +171,45 @@ class WorkersTests(GatewayTestBase):
         while not gone(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertTrue(gone(worker), f"worker {worker} outlived twistd's process")
+
+
+class WorkersRelayTests(GatewayTestBase):
+    """workers = 2 with the relay on, sending to the sink, and polling the
+    queue only once a minute: what arrives within seconds was woken."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.sink = Sink()
+        port = self.sink.listen(self)
+        self.config_tables = "\n".join([
+            "[server]", "workers = 2",
+            "[relay]", "enabled = true", f'smarthost = "127.0.0.1:{port}"', 'tls = "none"',
+            "poll_interval = 60"])
+        yield GatewayTestBase.setUp(self)
+        deadline = reactor.seconds() + WAIT
+        while "worker 1: store open: accepting mail" not in self.gateway.log():
+            self.assertLess(reactor.seconds(), deadline, self.gateway.log()[-3000:])
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_the_relay_sends_what_a_worker_took_at_once(self):
+        def send_until_a_worker_took_one():
+            tokens = []
+            for _ in range(40):
+                code, text = send_smtp(self.gateway.port(), self.key, MESSAGE)
+                self.assertEqual(code, 250)
+                tokens.append(QUEUED.match(text.decode()).group(1))
+                if any("worker 1: [" in line and f"queued as {tokens[-1]}" in line
+                       for line in self.gateway.log().splitlines()):
+                    return tokens
+            self.fail("no message went to the worker:\n" + self.gateway.log()[-3000:])
+        tokens = yield threads.deferToThread(send_until_a_worker_took_one)
+        # well before the relay's next poll (60 s)
+        yield self.sink.wait_for(len(tokens)).addTimeout(15, reactor)
+        deadline = reactor.seconds() + WAIT
+        while True:  # settled, so that no delivery is under way at the stop
+            entries = yield threads.deferToThread(self.queue)
+            if sorted(e["token"] for e in entries if e["status"] == "sent") == sorted(tokens):
+                break
+            self.assertLess(reactor.seconds(), deadline, entries)
+            yield task.deferLater(reactor, 0.1, lambda: None)
