@@ -254,8 +254,6 @@ class WorkerProtocol(protocol.ProcessProtocol):
 
     def _emit(self, record: dict) -> None:
         namespace = str(record.get("namespace") or "mailgw.workers")
-        if namespace == "log_legacy":  # Twisted's own lines, shown as [-] here too
-            namespace = "-"
         logger = self._loggers.get(namespace)
         if logger is None:
             logger = self._loggers[namespace] = Logger(namespace=namespace)
@@ -267,6 +265,8 @@ class WorkerProtocol(protocol.ProcessProtocol):
         if record.get("traceback"):
             text += "\n" + str(record["traceback"]).rstrip("\n")
         fields = {"trace": record["trace"]} if record.get("trace") else {}
+        if namespace == "log_legacy":  # Twisted's own lines: shown as [-], as here
+            fields["log_system"] = "-"
         logger.emit(level, "worker {worker}: {text}", worker=self.worker.number, text=text,
                     **fields)
 
