@@ -1,7 +1,8 @@
 """``[server] workers = 2``, end to end: the real ``twistd -n mailgw`` and
 its worker process on one STARTTLS listener, many smtplib clients at once.
 
-  - every message that got a 250 is stored exactly once, and both processes
+  - every message that got a 250 is stored exactly once (SQLite and
+    PostgreSQL), and both processes
     served some of them (told apart by the ``worker 1:`` prefix of the
     worker's log lines);
   - SIGTERM to twistd stops the worker too, and leaves no process behind;
@@ -26,6 +27,7 @@ from mailgw.store import open_store
 from tests.e2e.gateway import send_smtp
 from tests.e2e.test_submission import MESSAGE, QUEUED, GatewayTestBase
 from tests.e2e.test_tls import client_context
+from tests.helpers import on_postgres
 from tests.relay.sink import Sink
 
 CLIENTS = 8
@@ -51,7 +53,10 @@ def gone(pid: int) -> bool:
         return True
 
 
-class WorkersTests(GatewayTestBase):
+class WorkersBase(GatewayTestBase):
+    """A gateway with workers = 2 on one STARTTLS listener, once its worker
+    is serving."""
+
     listeners = [{"endpoint": "tcp:0:interface=127.0.0.1", "tls": "starttls"}]
     config_tables = "[server]\nworkers = 2\n"
 
@@ -118,6 +123,8 @@ class WorkersTests(GatewayTestBase):
         self.assertEqual(errors, [])
         return acked
 
+
+class WorkersSubmissionTests(WorkersBase):
     @defer.inlineCallbacks
     def test_both_processes_serve_and_each_message_is_stored_once(self):
         acked = self.submit_all()
@@ -138,6 +145,8 @@ class WorkersTests(GatewayTestBase):
         self.assertGreater(served["twistd"], 0, served)
         self.assertGreater(served["worker 1"], 0, served)
 
+
+class WorkersLifecycleTests(WorkersBase):
     def test_sigterm_stops_every_process(self):
         twistd, worker = self.gateway.process.pid, self.worker_pid()
         with open(f"/proc/{worker}/stat") as f:
@@ -171,6 +180,9 @@ class WorkersTests(GatewayTestBase):
         while not gone(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertTrue(gone(worker), f"worker {worker} outlived twistd's process")
+
+
+PostgresWorkersSubmissionTests = on_postgres(WorkersSubmissionTests)
 
 
 class WorkersRelayTests(GatewayTestBase):
