@@ -2,9 +2,8 @@
 its worker process on one STARTTLS listener, many smtplib clients at once.
 
   - every message that got a 250 is stored exactly once (SQLite and
-    PostgreSQL), and both processes
-    served some of them (told apart by the ``worker 1:`` prefix of the
-    worker's log lines);
+    PostgreSQL), and both processes served some of them (told apart by the
+    ``worker 1:`` prefix of the worker's log lines);
   - SIGTERM to twistd stops the worker too, and leaves no process behind;
   - a worker killed with SIGKILL is logged with its signal and started again;
   - a worker whose twistd process is killed with SIGKILL stops by itself;
