@@ -136,7 +136,8 @@ class WorkersSubmissionTests(WorkersBase):
         tokens = [entry.token for entry in entries]
         self.assertEqual(sorted(tokens), sorted(acked))  # each once, nothing else
 
-        log = self.wait_for_log(f"queued as {sorted(acked)[-1]}")
+        for token in acked:  # log lines are written a few at a time (mailgw.logs)
+            log = self.wait_for_log(f"queued as {token}")
         served = {"twistd": 0, "worker 1": 0}
         for token in acked:
             line = next(line for line in log.splitlines() if f"queued as {token}" in line)
@@ -210,8 +211,12 @@ class WorkersRelayTests(GatewayTestBase):
                 code, text = send_smtp(self.gateway.port(), self.key, MESSAGE)
                 self.assertEqual(code, 250)
                 tokens.append(QUEUED.match(text.decode()).group(1))
+                deadline = time.monotonic() + WAIT  # lines come a few at a time
+                while f"queued as {tokens[-1]}" not in (log := self.gateway.log()):
+                    self.assertLess(time.monotonic(), deadline, log[-3000:])
+                    time.sleep(0.05)
                 if any("worker 1: [" in line and f"queued as {tokens[-1]}" in line
-                       for line in self.gateway.log().splitlines()):
+                       for line in log.splitlines()):
                     return tokens
             self.fail("no message went to the worker:\n" + self.gateway.log()[-3000:])
         tokens = yield threads.deferToThread(send_until_a_worker_took_one)
