@@ -58,8 +58,8 @@ def _no_sync():
     from mailgw.store import sqlite
     configure = sqlite._configure
 
-    def normal(connection):
-        configure(connection)
+    def normal(connection, **settings):
+        configure(connection, **settings)
         connection.execute("PRAGMA synchronous = NORMAL")
     sqlite._configure = normal
 

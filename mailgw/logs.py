@@ -114,7 +114,24 @@ def _time_of(when) -> str:
 
 
 def classic_text(event) -> str | None:
-    """An event as twistd's text observer writes it."""
+    """An event as twistd's text observer writes it.
+
+    The gateway's own lines (a format of plain fields, no failure) are
+    formatted with C{str.format_map}, in C; anything else, and any format
+    that does not apply, through Twisted's formatter, which also reports
+    what it could not format."""
+    fmt = event.get("log_format")
+    if (type(fmt) is str and "()" not in fmt and "log_failure" not in event
+            and "log_flattened" not in event and "log_system" not in event):
+        try:
+            text = fmt.format_map(event)
+        except Exception:
+            text = ""
+        if text:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+            line = f"{_time_of(event.get('log_time'))} [{system}] {text}"
+            return line.replace("\n", "\n\t") + "\n"
     return formatEventAsClassicLogText(event, formatTime=_time_of)
 
 

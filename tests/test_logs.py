@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogPublisher, formatEventAsClassicLogText, formatTime
 from twisted.logger import timeFormatRFC3339
 from twisted.python import threadable
+from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
 
@@ -90,9 +91,17 @@ class BufferedObserverTests(unittest.TestCase):
         self.patch(logs, "_last_time", [None, ""])
         for when in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5):
             log.info("[{trace}] queued as {token}", trace="abc", token="T0", log_time=when)
+        log.info("{a!r} {b:>6} {c[0]} {{braces}}", a="x'y", b=42, c=["first"])
+        log.info("two\nlines of {what}", what="text")
+        log.info("no such field: {missing}")
+        log.info("a call: {f()}", f=lambda: "called")
+        log.info("a system of its own", log_system="custom")
+        log.warn("{namespace}", namespace=None, log_namespace=None)
+        log.failure("with a traceback", failure=Failure(ValueError("boom")))
+        log.info("")
         self.observer.flush()
         expected = "".join(formatEventAsClassicLogText(
-            e, formatTime=lambda t: formatTime(t, timeFormatRFC3339)) for e in events)
+            e, formatTime=lambda t: formatTime(t, timeFormatRFC3339)) or "" for e in events)
         self.assertEqual(self.out.getvalue(), expected)
 
     def test_json_lines(self):
