@@ -601,6 +601,8 @@ class SubmissionProtocol(Protocol):
         if recipient.is_address_literal and not self.settings.allow_address_literals:
             self._log("recipient refused: address literal {rcpt}", rcpt=str(recipient))
             return self._reply(replies.ADDRESS_LITERAL)
+        if self.avatar is not None:  # authenticated: no log-in to wait for
+            return self._check_recipient(self.avatar, recipient)
         d = self._authorise()
         d.addCallback(self._check_recipient, recipient)
         return d
