@@ -80,6 +80,12 @@ def _no_touch():
     base.Store.touch_credential = seldom
 
 
+@lever("switch")
+def _switch():
+    import os
+    sys.setswitchinterval(float(os.environ.get("SWITCH", "0.005")))
+
+
 def apply(names: str) -> list[str]:
     chosen = [n for n in names.split("+") if n and n != "base"]
     for name in chosen:

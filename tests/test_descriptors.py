@@ -2,6 +2,8 @@
 when the connection caps and the reserve do not fit under it."""
 from __future__ import annotations
 
+import sys
+
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -134,5 +136,9 @@ class RaiseLimitTests(unittest.SynchronousTestCase):
         from mailgw import service
         self.patch(service, "build_service",
                    lambda c, reactor: calls.append(("build", c)) or "the service")
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
         self.assertEqual(tap.makeService({"config_value": config}), "the service")
         self.assertEqual(calls, [("check", config), ("build", config)])
+        # the store's writer thread gets the interpreter within half a millisecond
+        self.assertAlmostEqual(sys.getswitchinterval(), tap.SWITCH_INTERVAL)
+        self.assertLess(tap.SWITCH_INTERVAL, 0.005)

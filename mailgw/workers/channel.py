@@ -18,10 +18,9 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from twisted.logger import FileLogObserver
 
 from mailgw.config import Config, config_as_data, parse_config
-from mailgw.logs import event_as_json
+from mailgw.logs import BufferedLogObserver, event_as_json
 
 #: the notice a worker sends after each committed enqueue
 ENQUEUED = "enqueued"
@@ -93,6 +92,10 @@ class ParentChannel:
             while data:
                 data = data[os.write(self.fd, data):]
 
-    def observer(self) -> FileLogObserver:
-        """A log observer sending every event to twistd's process."""
-        return FileLogObserver(self, event_as_json)
+    def observer(self, clock) -> BufferedLogObserver:
+        """A log observer sending every event to twistd's process, a few
+        lines at a time as twistd's process writes them (L{mailgw.logs}).
+
+        @param clock: the reactor.
+        """
+        return BufferedLogObserver(self, event_as_json, clock)

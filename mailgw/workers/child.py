@@ -101,10 +101,14 @@ def main(argv=None) -> None:
         handshake = read_handshake(0)
     except ValueError as e:
         sys.exit(f"mailgw: worker {args.worker}: {e}")
-    channel = ParentChannel(1)
-    globalLogBeginner.beginLoggingTo([channel.observer()], redirectStandardIO=False)
-
     from twisted.internet import reactor
+
+    from mailgw.tap import SWITCH_INTERVAL
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as twistd's process (mailgw.tap)
+    channel = ParentChannel(1)
+    observer = channel.observer(reactor)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
     from mailgw.config import ConfigError
     from mailgw.service import GatewayService

@@ -8,6 +8,7 @@ import os
 import threading
 
 from twisted.internet import main as reactor_main
+from twisted.internet import reactor
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.trial import unittest
@@ -46,7 +47,7 @@ class ChannelTests(unittest.TestCase):
     def test_lines_from_several_threads_stay_whole(self):
         read, write = self.pipe()
         channel = ParentChannel(write)
-        logger = Logger(namespace="mailgw.test", observer=channel.observer())
+        logger = Logger(namespace="mailgw.test", observer=channel.observer(reactor))
         chunks = []
         reader = threading.Thread(target=lambda: chunks.extend(
             iter(lambda: os.read(read, 65536), b"")))
