@@ -256,9 +256,17 @@ async def _warm_up(target: load.Target, scale: Scale):
                             max_messages=scale.warmup, max_seconds=20)
 
 
+class ServerDied(Exception):
+    """A server process ended while it was measured."""
+
+
 def measure(key: str, process: servers.ServerProcess, target_of, scale: Scale,
             label: str, profile_dir: str | None, profile_mode: str = "gil") -> Row:
-    """One scenario against a fresh C{process}: warm up, then measure."""
+    """One scenario against a fresh C{process}: warm up, then measure.
+
+    @raise ServerDied: the process ended meanwhile (its exit status and log
+        are in the message).
+    """
     row = Row(label, process.name)
     process.start()
     profiler = None
@@ -267,7 +275,14 @@ def measure(key: str, process: servers.ServerProcess, target_of, scale: Scale,
         asyncio.run(_warm_up(target, scale))
         name = f"{process.name}-{key.rstrip(chr(39))}" + ("-tls" if key == "d'" else "")
         profiler = Profiler(profile_dir, name, process.pid, profile_mode)
-        result = _measured(key, target, scale, row, process.pids)
+        try:
+            result = _measured(key, target, scale, row, process.pids)
+        except OSError as e:  # its /proc entry went away
+            if process.alive():
+                raise
+            raise ServerDied(f"{process.name} ended during {label} "
+                             f"(exit status {process.process.returncode}); its log: "
+                             f"{process.log_path}") from e
     finally:
         if profiler is not None:
             profiler.stop()
@@ -560,9 +575,18 @@ def main(argv=None) -> int:
             for round_ in range(rounds):
                 for name in (names if round_ % 2 == 0 else names[::-1]):
                     started = time.monotonic()
-                    row = measure(key, processes[name](), target_of, share, label,
-                                  args.profile and (args.profile if round_ == 0 else None),
-                                  args.profile_mode)
+                    for attempt in (1, 2):
+                        try:
+                            row = measure(key, processes[name](), target_of, share, label,
+                                          args.profile and (args.profile if round_ == 0
+                                                            else None),
+                                          args.profile_mode)
+                            break
+                        except ServerDied as e:
+                            # once more with a fresh process, then give up loudly
+                            print(f"bench: {e}", file=sys.stderr, flush=True)
+                            if attempt == 2:
+                                raise
                     print(f"bench: {label} {name}: {row.messages} msgs, {row.connections} "
                           f"conns, {row.errors} errors in {time.monotonic() - started:.1f} s"
                           + (f" ({'; '.join(row.error_samples)})" if row.error_samples
