@@ -16,6 +16,8 @@ by the real gateway.
 
   nolog       the per-connection and per-message info lines are not written
   nosync      PRAGMA synchronous=NORMAL: what the fsync costs (NOT durable)
+  switch      the interpreter's switch interval from $SWITCH (seconds; Python's
+              default 0.005) instead of mailgw.tap.SWITCH_INTERVAL
   notouch     a credential's last_used_at is written at most once a minute
   nodkim      the relay sends every message unsigned (scenario (e)'s "DKIM off")
 
@@ -83,7 +85,9 @@ def _no_touch():
 @lever("switch")
 def _switch():
     import os
-    sys.setswitchinterval(float(os.environ.get("SWITCH", "0.005")))
+
+    from mailgw import tap
+    tap.SWITCH_INTERVAL = float(os.environ.get("SWITCH", "0.005"))
 
 
 def apply(names: str) -> list[str]:
