@@ -38,6 +38,23 @@ def executable() -> tuple[str | None, str]:
     return path, ""
 
 
+def dhparams() -> str:
+    """Haraka's DH parameters, made once into the cache.
+
+    Without a C{dhparams.pem} Haraka's tls plugin runs C{openssl dhparam
+    2048} in the background at every start: a minute of CPU that fell on
+    whichever server was measured next, and when it took longer than
+    Haraka's 30 s limit on a busy machine Haraka ended in the middle of a
+    scenario. (DHE is not negotiated here anyway: the certificate is
+    ECDSA.)"""
+    path = os.path.join(CACHE, "dhparams.pem")
+    if not os.path.exists(path):
+        subprocess.run(["openssl", "dhparam", "-dsaparam", "-out", path + ".new", "2048"],
+                       check=True, capture_output=True, timeout=300)
+        os.replace(path + ".new", path)
+    return path
+
+
 def write_config(folder: str, cert: str, key: str, password: str, port: int,
                  max_message_size_mb: int = 64) -> str:
     """A Haraka configuration folder under C{folder}; its path."""
@@ -46,6 +63,7 @@ def write_config(folder: str, cert: str, key: str, password: str, port: int,
     os.makedirs(config, exist_ok=True)
     shutil.copy(cert, os.path.join(config, "tls_cert.pem"))
     shutil.copy(key, os.path.join(config, "tls_key.pem"))
+    shutil.copy(dhparams(), os.path.join(config, "dhparams.pem"))
     files = {
         # nodes=0: one process, no cluster master (as the issue's comparison)
         "smtp.ini": f"listen=127.0.0.1:{port}\nnodes=0\n",
