@@ -59,7 +59,12 @@ _bio_length = _memory_bio_length()
 def write_now(connection, data: bytes) -> None:
     """Write C{data} on a TCP C{connection}: with one C{send} at once when
     nothing is waiting in its buffer, else (and for what the socket did not
-    take) through its buffer, as C{FileDescriptor.write} does."""
+    take) through its buffer, as C{FileDescriptor.write} does.
+
+    It reads C{FileDescriptor}'s buffer attributes (C{dataBuffer},
+    C{_tempDataLen}, C{_writeDisconnected}), which Twisted does not
+    document; C{tests/smtp/test_tlslayer.py} checks, over real sockets, that
+    replies leave nothing in that buffer and that large writes arrive whole."""
     if (data and connection.connected and not connection._writeDisconnected
             and not connection.dataBuffer and not connection._tempDataLen):
         sent = connection.writeSomeData(data)
