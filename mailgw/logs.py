@@ -16,6 +16,7 @@ written when the reactor stops.
 """
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -99,18 +100,16 @@ def _buffered(out, format_event) -> BufferedLogObserver:
     return observer
 
 
-_last_time = [None, ""]
-
-
 def _time_of(when) -> str:
     """twistd's time prefix (RFC 3339, local time zone), made once a second."""
     if when is None:
         return formatTime(when, timeFormatRFC3339)
-    second = int(when)
-    last = _last_time
-    if last[0] != second:
-        last = _last_time[:] = [second, formatTime(second, timeFormatRFC3339)]
-    return last[1]
+    return _time_of_second(int(when))
+
+
+@functools.lru_cache(maxsize=1)
+def _time_of_second(second: int) -> str:
+    return formatTime(second, timeFormatRFC3339)
 
 
 def classic_text(event) -> str | None:

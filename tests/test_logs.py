@@ -88,7 +88,7 @@ class BufferedObserverTests(unittest.TestCase):
         events = []
         publisher = LogPublisher(self.observer, events.append)
         log = Logger(observer=publisher, namespace="mailgw.smtp.protocol")
-        self.patch(logs, "_last_time", [None, ""])
+        logs._time_of_second.cache_clear()
         for when in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5):
             log.info("[{trace}] queued as {token}", trace="abc", token="T0", log_time=when)
         log.info("{a!r} {b:>6} {c[0]} {{braces}}", a="x'y", b=42, c=["first"])

@@ -95,8 +95,7 @@ class SubmissionCore:
             fields = message.end()
             if own_received_count(fields, self.hostname) > MAX_OWN_RECEIVED:
                 raise LoopDetected()
-            commit = _Commit(message, fields, credential_id, token, mail_from,
-                             tuple(recipients), protocol)
+            commit = _Commit(message, fields, token, mail_from, tuple(recipients), protocol)
             d = self._store.credential_by_id(credential_id)
             d.addCallback(self._credential_found, commit)
         except BaseException:
@@ -138,7 +137,6 @@ class _Commit:
 
     message: IncomingMessage
     fields: list
-    credential_id: int
     token: str
     mail_from: str
     recipients: tuple
@@ -202,15 +200,12 @@ def message_date(when: float) -> str:
     Every message gets one or two of these (Received, and Date when it has
     none), and many messages share a second: the text is made once per
     second."""
-    second = int(when)
-    cached = _last_date
-    if cached[0] != second:
-        cached = _last_date[:] = [second, format_datetime(datetime.fromtimestamp(second, UTC))]
-    return cached[1]
+    return _date_of_second(int(when))
 
 
-#: the last second L{message_date} formatted, and its text
-_last_date: list = [None, ""]
+@functools.lru_cache(maxsize=1)
+def _date_of_second(second: int) -> str:
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def received_header(hostname: str, protocol: str, token: str, when: float, *,
