@@ -19,6 +19,9 @@ by the real gateway.
   switch      the interpreter's switch interval from $SWITCH (seconds; Python's
               default 0.005) instead of mailgw.tap.SWITCH_INTERVAL
   notouch     a credential's last_used_at is written at most once a minute
+  nostore     messages are read and thrown away, not stored (NOT durable):
+              the ceiling of everything but the store
+  tickets0    no TLS 1.3 session tickets after the handshake
   nodkim      the relay sends every message unsigned (scenario (e)'s "DKIM off")
 
 Run as ``python -c "import bench.levers as l; l.main()" LEVERS twistd-args...``.
@@ -80,6 +83,68 @@ def _no_touch():
         written[credential_id] = when
         return touch(self, credential_id, when)
     base.Store.touch_credential = seldom
+
+
+@lever("nostore")
+def _no_store():
+    import itertools
+
+    from twisted.internet import defer
+
+    from mailgw.store import base
+    ids = itertools.count(1)
+
+    def discard(self, envelope, body):
+        body.read()
+        return defer.succeed({rcpt: next(ids) for rcpt in envelope.rcpt_to})
+    base.Store.enqueue = discard
+
+
+@lever("tickets0")
+def _tickets0():
+    from mailgw import tls
+    load = tls._load
+
+    def no_tickets(*args, **kw):
+        result = load(*args, **kw)
+        from OpenSSL._util import lib
+        lib.SSL_CTX_set_num_tickets(result[0].getContext()._context, 0)
+        return result
+    tls._load = no_tickets
+
+
+@lever("inline")
+def _inline():
+    """Prototype: a batch's statements on the reactor's thread, its COMMIT
+    (the fsync) on a thread of its own."""
+    import sqlite3
+
+    from twisted.internet import reactor, threads
+    from twisted.python.threadpool import ThreadPool
+
+    from mailgw.store import sqlite
+
+    pool = ThreadPool(1, 1, "commit")
+    state = {}
+
+    def write_next(self):
+        if self._writing or not self._pending or self._writer is None:
+            return
+        if "conn" not in state:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            sqlite._configure(conn, busy_ms=0)
+            state["conn"] = conn
+            pool.start()
+            reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        conn = state["conn"]
+        batch = self._pending[:self.MAX_BATCH]
+        del self._pending[:self.MAX_BATCH]
+        self._writing = True
+        results = sqlite._drive_batch(conn.cursor(), [(fn, args) for fn, args, _, _ in batch], 0)
+        d = threads.deferToThreadPool(reactor, pool, conn.commit)
+        d.addCallbacks(lambda _: self._batch_done(results, batch),
+                       lambda f: self._batch_failed(f, batch))
+    sqlite.SQLiteStore._write_next_batch = write_next
 
 
 @lever("switch")

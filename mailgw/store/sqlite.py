@@ -6,6 +6,15 @@ transaction survives a power cut. Writes start with C{BEGIN IMMEDIATE} so that
 two processes (the gateway and the command line) wait for each other instead
 of failing half-way.
 
+Writes queued together are committed together (group commit). The
+statements of a batch of small writes (an accepted message held in memory, a
+credential's last use) run on the reactor's thread: they only change pages in
+SQLite's own cache, a few microseconds each, where running them on the writer
+thread would hand the interpreter lock back and forth at every statement. The
+C{COMMIT} that writes and syncs the log runs on the writer thread, and so does
+every other batch: one that would wait for another process's lock, or that
+carries large messages.
+
 A write waits for another process's lock for at most the store timeout
 (C{database.store_timeout}), counted from when it was asked for, and then
 fails with L{StoreUnavailable}, so that the client hears 451 soon enough to
@@ -16,17 +25,20 @@ another one that is waiting for the same lock does not wait twice.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import sqlite3
 import time
 
 from twisted.enterprise import adbapi
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from mailgw.interfaces import Conflict, StoreUnavailable
-from mailgw.store.base import Store, schema_files, split_statements
+from mailgw.store.base import (Store, _enqueue, _touch_credential, schema_files,
+                               split_statements)
 from mailgw.store.files import private_directory, private_file, tighten
 from mailgw.store.webhooks import WebhookOperations
 
@@ -36,6 +48,13 @@ log = Logger()
 DEFAULT_TIMEOUT = 5.0
 #: the files SQLite keeps beside the database (WAL mode uses the first two)
 COMPANIONS = ("-wal", "-shm", "-journal")
+#: message bytes a batch run on the reactor's thread may carry at most: well
+#: inside SQLite's default page cache (2 MB), so that its statements never
+#: spill pages to the log before the commit
+INLINE_BYTES = 1024 * 1024
+#: a message larger than this is not held in memory (see
+#: mailgw.submission.message), and its batch runs on the writer thread
+INLINE_MESSAGE_BYTES = 256 * 1024
 
 
 def _configure(connection, busy_ms: int):
@@ -88,7 +107,49 @@ def _drive_batch(cursor, batch, busy_ms: int):
         else:
             cursor.execute("RELEASE operation")
             results.append((True, value))
-    return results  # adbapi commits; only then does any caller hear back
+    return results  # the caller commits; only then does any caller hear back
+
+
+def _commit(connection):
+    """C{COMMIT}; when it fails, roll back, so that the connection is ready
+    for the next batch."""
+    try:
+        connection.commit()
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def _rollback(connection):
+    try:
+        connection.rollback()
+    except sqlite3.Error as e:
+        log.warn("sqlite: could not roll back a failed write: {error}", error=e)
+
+
+def _batch_and_commit(connection, batch, busy_ms: int):
+    """L{_drive_batch} and its commit, on the writer thread."""
+    try:
+        results = _drive_batch(connection.cursor(), batch, busy_ms)
+    except BaseException:
+        if connection.in_transaction:
+            _rollback(connection)
+        raise
+    _commit(connection)
+    return results
+
+
+class _Write:
+    """One queued write.
+
+    @ivar inline: message bytes it carries when it may run on the reactor's
+        thread (0 for none), or C{None} when it must run on the writer's.
+    """
+
+    __slots__ = ("fn", "args", "d", "deadline", "inline")
+
+    def __init__(self, fn, args, d, deadline, inline):
+        self.fn, self.args, self.d, self.deadline, self.inline = fn, args, d, deadline, inline
 
 
 class SQLiteStore(WebhookOperations, Store):
@@ -113,7 +174,7 @@ class SQLiteStore(WebhookOperations, Store):
         self._reactor = reactor
         self._readers = readers
         self.timeout = timeout
-        self._writer = self._reader = None
+        self._connection = self._thread = self._reader = self._shutdown = None
         self._pending = []
         self._writing = False
 
@@ -130,12 +191,32 @@ class SQLiteStore(WebhookOperations, Store):
                 self._make_private()
             except OSError as e:  # as SQLite's own failure to open would be
                 return defer.fail(StoreUnavailable(f"sqlite: {e}"))
-        self._writer = self._pool(1)
+        self._thread = ThreadPool(1, 1, "mailgw-sqlite-writer")
+        self._thread.start()
+        self._shutdown = self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
         self._reader = self._pool(self._readers)
-        self._writer.start()
         self._reader.start()
         # Open (and create) the file now, so a bad path fails at start.
-        return self._run(_nothing)
+        d = self._on_thread(self._open)
+        d.addCallback(lambda _: self._run(_nothing))
+        d.addErrback(self._start_failed)
+        return d
+
+    def _open(self):
+        connection = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            _configure(connection, _milliseconds(self.timeout))
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def _start_failed(self, failure):
+        self.close()
+        return _translated(failure)
+
+    def _on_thread(self, fn, *args):
+        return threads.deferToThreadPool(self._reactor, self._thread, fn, *args)
 
     def _make_private(self):
         """The database file (created here, before SQLite opens it, so that
@@ -151,13 +232,24 @@ class SQLiteStore(WebhookOperations, Store):
             tighten(self.path + suffix, log)
 
     def close(self):
-        for pool in (self._writer, self._reader):
-            if pool is not None and pool.running:
-                pool.close()
-        self._writer = self._reader = None
+        shutdown, self._shutdown = self._shutdown, None
+        if shutdown is not None:
+            try:
+                self._reactor.removeSystemEventTrigger(shutdown)
+            except (ValueError, KeyError):  # already fired: this is it
+                pass
+        if self._reader is not None and self._reader.running:
+            self._reader.close()
+        self._reader = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()  # waits for a commit under way
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
         pending, self._pending = self._pending, []
-        for _, _, d, _ in pending:
-            d.errback(StoreUnavailable("the store is closed"))
+        for write in pending:
+            write.d.errback(StoreUnavailable("the store is closed"))
         return defer.succeed(None)
 
     def _interact(self, pool, begin, fn, args):
@@ -167,46 +259,98 @@ class SQLiteStore(WebhookOperations, Store):
         d.addErrback(_translate)
         return d
 
-    def _run(self, fn, *args):
+    def _run(self, fn, *args, inline=None):
         """A write: queued, and committed with the writes queued alongside it
-        (group commit); its Deferred fires only after that commit."""
-        if self._writer is None:
+        (group commit); its Deferred fires only after that commit.
+
+        @param inline: the message bytes the write carries if its statements
+            may run on the reactor's thread (a few rows), else C{None}.
+        """
+        if self._thread is None:
             return defer.fail(StoreUnavailable("the store is closed"))
         d = defer.Deferred()
         # the monotonic clock, not the reactor's: SQLite waits in real time
-        self._pending.append((fn, args, d, time.monotonic() + self.timeout))
+        self._pending.append(_Write(fn, args, d, time.monotonic() + self.timeout, inline))
         self._write_next_batch()
         return d
 
+    def touch_credential(self, credential_id, when):
+        return self._run(_touch_credential, credential_id, when, inline=0)
+
+    def enqueue(self, envelope, body):
+        size = body.seek(0, io.SEEK_END)
+        return self._run(_enqueue, envelope, body, self._now(),
+                         inline=size if size <= INLINE_MESSAGE_BYTES else None)
+
+    def _next_batch(self) -> tuple[list, bool]:
+        """The writes of the next batch, and whether it runs on the
+        reactor's thread: the longest run of small writes at the head of the
+        queue, or else up to L{MAX_BATCH} writes of any kind."""
+        pending = self._pending
+        count = carried = 0
+        for write in pending[:self.MAX_BATCH]:
+            if write.inline is None or carried + write.inline > INLINE_BYTES:
+                break
+            carried += write.inline
+            count += 1
+        inline = count > 0
+        count = count or self.MAX_BATCH
+        batch = pending[:count]
+        del pending[:count]
+        return batch, inline
+
     def _write_next_batch(self):
-        if self._writing or not self._pending or self._writer is None:
+        if self._writing or not self._pending or self._connection is None:
             return
-        batch = self._pending[:self.MAX_BATCH]
-        del self._pending[:self.MAX_BATCH]
+        batch, inline = self._next_batch()
         self._writing = True
+        writes = [(write.fn, write.args) for write in batch]
         # The oldest write has waited longest: the batch may wait for the
         # lock only as long as that write still may (0: try once).
-        left = min(deadline for _, _, _, deadline in batch) - time.monotonic()
-        d = self._writer.runInteraction(_drive_batch, [(fn, args) for fn, args, _, _ in batch],
-                                        _milliseconds(max(0.0, left)))
+        left = min(write.deadline for write in batch) - time.monotonic()
+        busy_ms = _milliseconds(max(0.0, left))
+        d = self._inline(writes, busy_ms) if inline else None
+        if d is None:
+            d = self._on_thread(_batch_and_commit, self._connection, writes, busy_ms)
         d.addCallbacks(self._batch_done, self._batch_failed,
                        callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _inline(self, writes, busy_ms):
+        """Run C{writes} on this thread without waiting for any lock, and
+        commit them on the writer thread.
+
+        @return: a Deferred of the results, or C{None} when the batch must
+            run on the writer thread after all (another process holds the
+            write lock, or the transaction could not be run through).
+        """
+        connection = self._connection
+        try:
+            results = _drive_batch(connection.cursor(), writes, 0)
+        except sqlite3.Error:
+            # Nothing of it is committed: rolled back here, run again on the
+            # writer thread, which waits for the lock up to the deadline.
+            if connection.in_transaction:
+                _rollback(connection)
+            return None
+        d = self._on_thread(_commit, connection)
+        d.addCallback(lambda _: results)
+        return d
 
     def _batch_done(self, results, batch):
         self._writing = False
         self._write_next_batch()
-        for (ok, value), (_, _, d, _) in zip(results, batch):
+        for (ok, value), write in zip(results, batch):
             if ok:
-                d.callback(value)
+                write.d.callback(value)
             else:
-                d.errback(_translated(Failure(value, type(value), value.__traceback__)))
+                write.d.errback(_translated(Failure(value, type(value), value.__traceback__)))
 
     def _batch_failed(self, failure, batch):
         self._writing = False
         self._write_next_batch()
         failure = _translated(failure)
-        for _, _, d, _ in batch:
-            d.errback(failure)
+        for write in batch:
+            write.d.errback(failure)
 
     def _read(self, fn, *args):
         return self._interact(self._reader, "BEGIN", fn, args)

@@ -1,16 +1,21 @@
 """SQLite-only behaviour: group commit. Writes queued together share one
 transaction (one fsync), each in its own savepoint, and every caller hears
-back only after the commit."""
+back only after the commit. Small writes run their statements on the
+reactor's thread and commit on the writer thread; other writes run wholly
+there."""
 from __future__ import annotations
 
 import io
 import os
+import sqlite3
+import threading
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.model import MessageEnvelope
+from mailgw.store import sqlite as engine
 from mailgw.store.sqlite import SQLiteStore
 
 
@@ -19,19 +24,21 @@ class GroupCommitTests(unittest.TestCase):
     def setUp(self):
         folder = self.mktemp()
         os.makedirs(folder)
-        self.store = SQLiteStore(os.path.join(folder, "mailgw.sqlite3"), reactor)
+        self.path = os.path.join(folder, "mailgw.sqlite3")
+        self.store = SQLiteStore(self.path, reactor)
         yield self.store.start()
         self.addCleanup(self.store.close)
         yield self.store.upgrade()
         yield self.store.add_organization("acme", "Acme")
         self.server = yield self.store.add_server("acme", "web", "Web")
-        self.batches = []
-        original = self.store._writer.runInteraction
+        self.batches = []  # (writes, on the reactor's thread)
+        original = self.store._next_batch
 
-        def counting(fn, batch, *args):
-            self.batches.append(len(batch))
-            return original(fn, batch, *args)
-        self.store._writer.runInteraction = counting
+        def counting():
+            batch, inline = original()
+            self.batches.append((len(batch), inline))
+            return batch, inline
+        self.store._next_batch = counting
 
     def envelope(self, token):
         return MessageEnvelope(token, self.server.id, None, "a@b.example", ("r@c.example",),
@@ -48,7 +55,10 @@ class GroupCommitTests(unittest.TestCase):
         failures[0].trap(Conflict)
         self.assertTrue(all(ok for i, (ok, _) in enumerate(results) if i != 7))
         self.assertLess(len(self.batches), 21)
-        self.assertGreater(max(self.batches), 1)
+        self.assertGreater(max(size for size, _ in self.batches), 1)
+        # the organization runs on the writer thread, the messages here
+        self.assertIn((1, False), self.batches)
+        self.assertTrue(any(inline for _, inline in self.batches))
         entries = yield self.store.list_entries()
         self.assertEqual(len(entries), 20)
         self.assertEqual(sorted(e.size for e in entries), list(range(20)))
@@ -62,3 +72,73 @@ class GroupCommitTests(unittest.TestCase):
             if not ok:
                 result.trap(StoreUnavailable)
         yield self.assertFailure(self.store.add_organization("late", "L"), StoreUnavailable)
+
+    def committed_tokens(self):
+        """The tokens another connection (another process) sees."""
+        connection = sqlite3.connect(self.path)
+        try:
+            return {row[0] for row in connection.execute("SELECT token FROM messages")}
+        finally:
+            connection.close()
+
+    @defer.inlineCallbacks
+    def test_a_small_write_is_heard_of_only_after_its_commit(self):
+        # Keep the writer thread busy: the statements run here, the commit
+        # waits for the thread.
+        release = threading.Event()
+        busy = threads.deferToThreadPool(reactor, self.store._thread, release.wait, 10)
+        heard = []
+        d = self.store.enqueue(self.envelope("T00000000001"), io.BytesIO(b"x" * 100))
+        d.addCallback(lambda ids: heard.append(ids) or ids)
+        self.assertEqual(self.batches, [(1, True)])
+        self.assertEqual(heard, [])
+        self.assertEqual(self.committed_tokens(), set())
+        release.set()
+        yield busy
+        ids = yield d
+        self.assertEqual(list(ids), ["r@c.example"])
+        self.assertEqual(self.committed_tokens(), {"T00000000001"})
+
+    @defer.inlineCallbacks
+    def test_large_messages_and_other_writes_run_on_the_writer_thread(self):
+        big = engine.INLINE_MESSAGE_BYTES + 1
+        sizes = [10, big, 10, 10]
+        calls = [self.store.enqueue(self.envelope(f"T{i:011d}"), io.BytesIO(b"y" * size))
+                 for i, size in enumerate(sizes)]
+        calls.append(self.store.set_organization_suspended("acme", False))
+        yield defer.gatherResults(calls)
+        # the first small one alone here; then the large one takes everything
+        # queued behind it to the thread
+        self.assertEqual(self.batches, [(1, True), (4, False)])
+        entries = yield self.store.list_entries()
+        self.assertEqual(sorted(e.size for e in entries), sorted(sizes))
+
+    @defer.inlineCallbacks
+    def test_a_batch_carries_a_bounded_number_of_message_bytes(self):
+        size = engine.INLINE_MESSAGE_BYTES
+        release = threading.Event()
+        busy = threads.deferToThreadPool(reactor, self.store._thread, release.wait, 10)
+        calls = [self.store.enqueue(self.envelope(f"T{i:011d}"), io.BytesIO(b"z" * size))
+                 for i in range(6)]
+        release.set()
+        yield busy
+        yield defer.gatherResults(calls)
+        per_batch = engine.INLINE_BYTES // size
+        self.assertEqual(self.batches, [(1, True), (per_batch, True), (1, True)])
+
+    @defer.inlineCallbacks
+    def test_a_failed_commit_fails_its_writes_and_the_next_batch_works(self):
+        def failing(connection):
+            connection.rollback()
+            raise sqlite3.OperationalError("disk I/O error")
+        self.patch(engine, "_commit", failing)
+        failure = yield self.assertFailure(
+            self.store.enqueue(self.envelope("T00000000001"), io.BytesIO(b"x")),
+            StoreUnavailable)
+        self.assertIn("disk I/O error", str(failure))
+        self.patch(engine, "_commit", original_commit)
+        yield self.store.enqueue(self.envelope("T00000000002"), io.BytesIO(b"x"))
+        self.assertEqual(self.committed_tokens(), {"T00000000002"})
+
+
+original_commit = engine._commit

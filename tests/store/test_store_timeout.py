@@ -96,6 +96,22 @@ class SQLiteLockTests(unittest.TestCase):
                          ["third"])
 
     @defer.inlineCallbacks
+    def test_a_small_write_waits_for_the_lock_on_the_writer_thread(self):
+        # small writes run their statements on the reactor's thread, which
+        # must never wait for a lock: they go to the writer thread instead
+        self.holder.execute("BEGIN EXCLUSIVE")
+        (ok, failure), took = yield timed(self.store.touch_credential(1, 0.0))
+        self.assertFalse(ok)
+        failure.trap(StoreUnavailable)
+        self.assertIn("database is locked", str(failure.value))
+        self.assertTrue(TIMEOUT * 0.8 <= took < TIMEOUT + SLACK, took)
+        # still held: released half-way through the next one's wait
+        reactor.callLater(TIMEOUT / 2, self.holder.execute, "COMMIT")
+        (ok, _), took = yield timed(self.store.touch_credential(1, 0.0))
+        self.assertTrue(ok)
+        self.assertTrue(TIMEOUT / 4 <= took < TIMEOUT, took)
+
+    @defer.inlineCallbacks
     def test_a_lock_released_in_time_is_waited_for(self):
         self.holder.execute("BEGIN EXCLUSIVE")
         reactor.callLater(TIMEOUT / 2, self.holder.execute, "COMMIT")
