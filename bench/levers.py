@@ -7,7 +7,8 @@ removed: group commit, the one-second directory cache (AUTH look-ups included),
 one CSPRNG read per token and the ASCII fast path before IDNA; "onehop" went
 too (it was a copy of mailgw.smtp.delivery.commit_message to keep in step),
 and so did "workersN" (N processes with SO_REUSEPORT): the real C{[server]
-workers} setting is measured as the "mailgw-w2" row instead.
+workers} setting is measured as the "mailgw-w2" row instead; and "inline"
+(a batch's statements on the reactor's thread, its commit on the writer's).
 bench/RESULTS.md keeps what each gave.
 
 These are prototypes and upper bounds for measurement only. Some change
@@ -21,7 +22,6 @@ by the real gateway.
   notouch     a credential's last_used_at is written at most once a minute
   nostore     messages are read and thrown away, not stored (NOT durable):
               the ceiling of everything but the store
-  tickets0    no TLS 1.3 session tickets after the handshake
   nodkim      the relay sends every message unsigned (scenario (e)'s "DKIM off")
 
 Run as ``python -c "import bench.levers as l; l.main()" LEVERS twistd-args...``.
@@ -98,53 +98,6 @@ def _no_store():
         body.read()
         return defer.succeed({rcpt: next(ids) for rcpt in envelope.rcpt_to})
     base.Store.enqueue = discard
-
-
-@lever("tickets0")
-def _tickets0():
-    from mailgw import tls
-    load = tls._load
-
-    def no_tickets(*args, **kw):
-        result = load(*args, **kw)
-        from OpenSSL._util import lib
-        lib.SSL_CTX_set_num_tickets(result[0].getContext()._context, 0)
-        return result
-    tls._load = no_tickets
-
-
-@lever("inline")
-def _inline():
-    """Prototype: a batch's statements on the reactor's thread, its COMMIT
-    (the fsync) on a thread of its own."""
-    import sqlite3
-
-    from twisted.internet import reactor, threads
-    from twisted.python.threadpool import ThreadPool
-
-    from mailgw.store import sqlite
-
-    pool = ThreadPool(1, 1, "commit")
-    state = {}
-
-    def write_next(self):
-        if self._writing or not self._pending or self._writer is None:
-            return
-        if "conn" not in state:
-            conn = sqlite3.connect(self.path, check_same_thread=False)
-            sqlite._configure(conn, busy_ms=0)
-            state["conn"] = conn
-            pool.start()
-            reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-        conn = state["conn"]
-        batch = self._pending[:self.MAX_BATCH]
-        del self._pending[:self.MAX_BATCH]
-        self._writing = True
-        results = sqlite._drive_batch(conn.cursor(), [(fn, args) for fn, args, _, _ in batch], 0)
-        d = threads.deferToThreadPool(reactor, pool, conn.commit)
-        d.addCallbacks(lambda _: self._batch_done(results, batch),
-                       lambda f: self._batch_failed(f, batch))
-    sqlite.SQLiteStore._write_next_batch = write_next
 
 
 @lever("switch")

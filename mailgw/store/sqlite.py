@@ -205,7 +205,7 @@ class SQLiteStore(WebhookOperations, Store):
     def _open(self):
         connection = sqlite3.connect(self.path, check_same_thread=False)
         try:
-            _configure(connection, _milliseconds(self.timeout))
+            _configure(connection, busy_ms=_milliseconds(self.timeout))
         except BaseException:
             connection.close()
             raise
