@@ -45,6 +45,14 @@ class Q:
     params: tuple = ()
 
 
+@dataclass(frozen=True)
+class InsertOne(Q):
+    """An C{INSERT} of one row into a table whose C{id} is its row id,
+    ending in C{RETURNING id}; its answer is C{[(id,)]}. SQLite runs it
+    without the clause and reads the connection's last row id: a
+    C{RETURNING} costs SQLite a temporary table per statement."""
+
+
 def key_digest(key: str) -> str:
     """What credentials are looked up by: the key itself never meets an index."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -227,7 +235,7 @@ def _messages_since(server_id, since):
 def _enqueue(envelope, body, now):
     size = body.seek(0, io.SEEK_END)
     body.seek(0)
-    rows = yield Q(
+    rows = yield InsertOne(
         "INSERT INTO messages (token, server_id, credential_id, mail_from, "
         "sender_domain, protocol, size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "RETURNING id",
@@ -241,7 +249,7 @@ def _enqueue(envelope, body, now):
         seq += 1
     ids = {}
     for rcpt in envelope.rcpt_to:
-        rows = yield Q(
+        rows = yield InsertOne(
             "INSERT INTO queue (message_id, rcpt_to, status, hold_reason, "
             "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "RETURNING id",

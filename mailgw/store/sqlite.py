@@ -37,8 +37,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mailgw.interfaces import Conflict, StoreUnavailable
-from mailgw.store.base import (Store, _enqueue, _touch_credential, schema_files,
-                               split_statements)
+from mailgw.store.base import (InsertOne, Store, _enqueue, _touch_credential,
+                               schema_files, split_statements)
 from mailgw.store.files import private_directory, private_file, tighten
 from mailgw.store.webhooks import WebhookOperations
 
@@ -71,11 +71,24 @@ def _steps(cursor, fn, args):
     try:
         statement = next(gen)
         while True:
-            cursor.execute(statement.sql, statement.params)
-            rows = cursor.fetchall() if cursor.description else []
+            if statement.__class__ is InsertOne:
+                cursor.execute(_without_returning(statement.sql), statement.params)
+                rows = [(cursor.lastrowid,)]
+            else:
+                cursor.execute(statement.sql, statement.params)
+                rows = cursor.fetchall() if cursor.description else []
             statement = gen.send(rows)
     except StopIteration as stop:
         return stop.value
+
+
+@functools.lru_cache(maxsize=64)
+def _without_returning(sql: str) -> str:
+    """The text of an L{InsertOne} without its C{RETURNING id}."""
+    head, clause, tail = sql.rpartition(" RETURNING id")
+    if not clause or tail.strip():
+        raise ValueError(f"not an INSERT ... RETURNING id: {sql!r}")
+    return head
 
 
 def _drive(cursor, begin, fn, args):
@@ -108,6 +121,20 @@ def _drive_batch(cursor, batch, busy_ms: int):
             cursor.execute("RELEASE operation")
             results.append((True, value))
     return results  # the caller commits; only then does any caller hear back
+
+
+def _drive_inline(cursor, batch):
+    """Every write of C{batch} in one transaction without savepoints, not
+    waiting for any lock (busy timeout 0). The writes must be re-runnable
+    from the start: should one fail, the caller rolls the transaction back
+    and runs the whole batch again with L{_drive_batch}, where a failure
+    undoes only its own write.
+
+    @return: C{[(True, result), ...]} in batch order.
+    """
+    cursor.execute("PRAGMA busy_timeout = 0")
+    cursor.execute("BEGIN IMMEDIATE")
+    return [(True, _steps(cursor, fn, args)) for fn, args in batch]
 
 
 def _commit(connection):
@@ -274,6 +301,9 @@ class SQLiteStore(WebhookOperations, Store):
         self._write_next_batch()
         return d
 
+    # The writes that may run on the reactor's thread: a few rows each, and
+    # re-runnable from the start (see _drive_inline).
+
     def touch_credential(self, credential_id, when):
         return self._run(_touch_credential, credential_id, when, inline=0)
 
@@ -309,26 +339,27 @@ class SQLiteStore(WebhookOperations, Store):
         # lock only as long as that write still may (0: try once).
         left = min(write.deadline for write in batch) - time.monotonic()
         busy_ms = _milliseconds(max(0.0, left))
-        d = self._inline(writes, busy_ms) if inline else None
+        d = self._inline(writes) if inline else None
         if d is None:
             d = self._on_thread(_batch_and_commit, self._connection, writes, busy_ms)
         d.addCallbacks(self._batch_done, self._batch_failed,
                        callbackArgs=(batch,), errbackArgs=(batch,))
 
-    def _inline(self, writes, busy_ms):
+    def _inline(self, writes):
         """Run C{writes} on this thread without waiting for any lock, and
         commit them on the writer thread.
 
         @return: a Deferred of the results, or C{None} when the batch must
             run on the writer thread after all (another process holds the
-            write lock, or the transaction could not be run through).
+            write lock, or one of the writes failed).
         """
         connection = self._connection
         try:
-            results = _drive_batch(connection.cursor(), writes, 0)
-        except sqlite3.Error:
-            # Nothing of it is committed: rolled back here, run again on the
-            # writer thread, which waits for the lock up to the deadline.
+            results = _drive_inline(connection.cursor(), writes)
+        except Exception:
+            # Nothing of it is committed: rolled back here, and run again on
+            # the writer thread, which waits for the lock up to the deadline
+            # and keeps a failing write to itself.
             if connection.in_transaction:
                 _rollback(connection)
             return None

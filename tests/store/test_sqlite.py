@@ -127,6 +127,25 @@ class GroupCommitTests(unittest.TestCase):
         self.assertEqual(self.batches, [(1, True), (per_batch, True), (1, True)])
 
     @defer.inlineCallbacks
+    def test_a_write_failing_on_the_reactor_thread_fails_alone(self):
+        release = threading.Event()
+        busy = threads.deferToThreadPool(reactor, self.store._thread, release.wait, 10)
+        calls = [self.store.enqueue(self.envelope(f"T{i:011d}"), io.BytesIO(b"x" * 10))
+                 for i in range(3)]
+        orphan = MessageEnvelope("T99999999999", self.server.id + 1000, None, "a@b.example",
+                                 ("r@c.example",), None, "ESMTPA")  # no such server
+        calls.insert(2, self.store.enqueue(orphan, io.BytesIO(b"x" * 10)))
+        release.set()
+        yield busy
+        results = yield defer.DeferredList(calls, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, True, False, True])
+        results[2][1].trap(Conflict)
+        # tried here, then run again on the writer thread with savepoints
+        self.assertEqual(self.batches, [(1, True), (3, True)])
+        self.assertEqual(self.committed_tokens(),
+                         {"T00000000000", "T00000000001", "T00000000002"})
+
+    @defer.inlineCallbacks
     def test_a_failed_commit_fails_its_writes_and_the_next_batch_works(self):
         def failing(connection):
             connection.rollback()
