@@ -27,14 +27,15 @@ from __future__ import annotations
 import functools
 import io
 import os
+import queue
 import sqlite3
+import threading
 import time
 
 from twisted.enterprise import adbapi
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import (InsertOne, Store, _enqueue, _touch_credential,
@@ -166,6 +167,55 @@ def _batch_and_commit(connection, batch, busy_ms: int):
     return results
 
 
+class WriterThread:
+    """One thread that runs blocking calls one after another, in the order
+    they were given, each answered through a Deferred on the reactor's
+    thread.
+
+    Twisted's C{ThreadPool} would do, but hands each call through several
+    layers of Python on the reactor's thread (its team, worker and queue
+    objects); a thread of one needs only a C{SimpleQueue}, whose C{put} is
+    one call into C.
+    """
+
+    def __init__(self, reactor, name: str):
+        self._reactor = reactor
+        self._calls = queue.SimpleQueue()
+        # A daemon: a process that ends without stopping it is not held up;
+        # SQLite's log keeps a commit cut short by that from happening half.
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def run(self, fn, *args) -> defer.Deferred:
+        """C{fn(*args)} on the thread, after every call given before.
+
+        @return: a Deferred of its result or failure.
+        """
+        d = defer.Deferred()
+        self._calls.put((d, fn, args))
+        return d
+
+    def stop(self) -> None:
+        """Run every call given so far, then end the thread and wait for it."""
+        if self._thread.is_alive():
+            self._calls.put(None)
+            self._thread.join()
+
+    def _work(self) -> None:
+        call_back = self._reactor.callFromThread
+        while (call := self._calls.get()) is not None:
+            d, fn, args = call
+            try:
+                outcome, result = d.callback, fn(*args)
+            except BaseException:
+                outcome, result = d.errback, Failure()
+            call_back(outcome, result)
+            # nothing of it lives on in this thread until the next call
+            call = d = fn = args = outcome = result = None
+
+
 class _Write:
     """One queued write.
 
@@ -218,7 +268,7 @@ class SQLiteStore(WebhookOperations, Store):
                 self._make_private()
             except OSError as e:  # as SQLite's own failure to open would be
                 return defer.fail(StoreUnavailable(f"sqlite: {e}"))
-        self._thread = ThreadPool(1, 1, "mailgw-sqlite-writer")
+        self._thread = WriterThread(self._reactor, "mailgw-sqlite-writer")
         self._thread.start()
         self._shutdown = self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
         self._reader = self._pool(self._readers)
@@ -243,7 +293,7 @@ class SQLiteStore(WebhookOperations, Store):
         return _translated(failure)
 
     def _on_thread(self, fn, *args):
-        return threads.deferToThreadPool(self._reactor, self._thread, fn, *args)
+        return self._thread.run(fn, *args)
 
     def _make_private(self):
         """The database file (created here, before SQLite opens it, so that

@@ -10,7 +10,7 @@ import os
 import sqlite3
 import threading
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from mailgw.interfaces import Conflict, StoreUnavailable
@@ -86,7 +86,7 @@ class GroupCommitTests(unittest.TestCase):
         # Keep the writer thread busy: the statements run here, the commit
         # waits for the thread.
         release = threading.Event()
-        busy = threads.deferToThreadPool(reactor, self.store._thread, release.wait, 10)
+        busy = self.store._thread.run(release.wait, 10)
         heard = []
         d = self.store.enqueue(self.envelope("T00000000001"), io.BytesIO(b"x" * 100))
         d.addCallback(lambda ids: heard.append(ids) or ids)
@@ -117,7 +117,7 @@ class GroupCommitTests(unittest.TestCase):
     def test_a_batch_carries_a_bounded_number_of_message_bytes(self):
         size = engine.INLINE_MESSAGE_BYTES
         release = threading.Event()
-        busy = threads.deferToThreadPool(reactor, self.store._thread, release.wait, 10)
+        busy = self.store._thread.run(release.wait, 10)
         calls = [self.store.enqueue(self.envelope(f"T{i:011d}"), io.BytesIO(b"z" * size))
                  for i in range(6)]
         release.set()
@@ -129,7 +129,7 @@ class GroupCommitTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_write_failing_on_the_reactor_thread_fails_alone(self):
         release = threading.Event()
-        busy = threads.deferToThreadPool(reactor, self.store._thread, release.wait, 10)
+        busy = self.store._thread.run(release.wait, 10)
         calls = [self.store.enqueue(self.envelope(f"T{i:011d}"), io.BytesIO(b"x" * 10))
                  for i in range(3)]
         orphan = MessageEnvelope("T99999999999", self.server.id + 1000, None, "a@b.example",
@@ -161,3 +161,42 @@ class GroupCommitTests(unittest.TestCase):
 
 
 original_commit = engine._commit
+
+
+class WriterThreadTests(unittest.TestCase):
+    """The writer's thread of one: calls in order, results and failures back
+    on the reactor's thread."""
+
+    def setUp(self):
+        self.thread = engine.WriterThread(reactor, "test-writer")
+        self.thread.start()
+        self.addCleanup(self.thread.stop)
+
+    @defer.inlineCallbacks
+    def test_calls_run_in_order_and_answer_on_the_reactor_thread(self):
+        ran = []
+
+        def call(n):
+            ran.append((n, threading.current_thread().name))
+            if n == 1:
+                raise ValueError("one")
+            return n * 10
+        answered = []
+        calls = [self.thread.run(call, n) for n in range(3)]
+        for d in calls:
+            d.addBoth(lambda r: answered.append(threading.current_thread().name) or r)
+        results = yield defer.DeferredList(calls, consumeErrors=True)
+        self.assertEqual(ran, [(0, "test-writer"), (1, "test-writer"), (2, "test-writer")])
+        self.assertEqual([r for ok, r in results if ok], [0, 20])
+        results[1][1].trap(ValueError)
+        self.assertEqual(set(answered), {threading.current_thread().name})
+
+    def test_stop_runs_every_call_given_before(self):
+        release, ran = threading.Event(), []
+        self.thread.run(release.wait, 10)
+        for n in range(3):
+            self.thread.run(ran.append, n)
+        release.set()
+        self.thread.stop()
+        self.assertEqual(ran, [0, 1, 2])
+        self.assertFalse(self.thread._thread.is_alive())
