@@ -51,9 +51,12 @@ POLL_INTERVAL = 1.0
 _IPV6 = 1 << 128
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text: str):
     """C{text} as an address: a zone index dropped (it names an interface,
-    not a host) and an IPv4-mapped IPv6 address as its IPv4 address.
+    not a host) and an IPv4-mapped IPv6 address as its IPv4 address. Kept
+    for the addresses seen last: every connection asks, and most come from
+    a few addresses.
 
     @raise ValueError: C{text} is not an IP address.
     """
