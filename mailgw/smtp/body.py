@@ -27,6 +27,15 @@ class BodyDecoder:
         """
         data = self._held + data
         self._held = b""
+        if b"." not in data:
+            # No dot, so no line starts with one and the end is not here: all
+            # but a line end that a dot in the next chunk may follow goes out.
+            # (Base64 parts, most of a message's bytes, never hold a dot.)
+            if data:
+                self._line_start = False
+            keep = len(data) - (2 if data.endswith(b"\r\n") else data.endswith(b"\r"))
+            self._held = data[keep:]
+            return data[:keep], None
         out = []
         i, n = 0, len(data)
         while True:

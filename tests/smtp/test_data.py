@@ -316,6 +316,20 @@ class BodyDecoderTests(unittest.TestCase):
         cuts = [c for c in cuts if c <= len(data)]
         self.assertEqual(_decode_in_pieces(data, cuts), _decode_in_pieces(data, []))
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"\r\n\r\n"]), max_size=30),
+           st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+           st.sampled_from([b".\r\n", b"..\r\n.\r\n", b".x\r\n.\r\n", b".\n\r\n.\r\n"]))
+    def test_dot_free_chunks_then_the_end(self, parts, cuts, end):
+        # Chunks without a dot take a shorter path: they must read as the
+        # same bytes in one piece with a dot would.
+        data = b"".join(parts) + b"\r\n" + end + b"NEXT"
+        cuts = [c for c in cuts if c <= len(data)]
+        body, rest = _decode_in_pieces(data, cuts)
+        self.assertEqual((body, rest), _decode_in_pieces(data, []))
+        self.assertEqual(rest, b"NEXT")
+        self.assertTrue(body.startswith(b"".join(parts)))
+
 
 PostgresAcceptTests = on_postgres(AcceptTests)
 PostgresSmugglingTests = on_postgres(SmugglingTests)
