@@ -37,6 +37,9 @@ class StartTLSLines(LineReceiver):
 
     def handshakeCompleted(self):
         self.handshakes += 1
+        # the TLS layer: the transport (implicit TLS), or under it (STARTTLS)
+        transport = self.transport
+        self.layer = transport.protocol if isinstance(transport, tcp.Connection) else transport
 
     def sendLine(self, line):
         super().sendLine(line)
@@ -74,14 +77,18 @@ def _read_line(stream) -> bytes:
     return line[:-2]
 
 
-def starttls_client(port: int, implicit: bool = False) -> dict:
+def starttls_client(port: int, implicit: bool = False, tls12: bool = False) -> dict:
     """A blocking client: plain greeting, STARTTLS (unless C{implicit}), then
-    a large reply, three pipelined commands and QUIT over TLS."""
+    a large reply, three pipelined commands and QUIT over TLS (1.2 only, with
+    C{tls12})."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     seen = {}
+    context = insecure_context()
+    if tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
     try:
         if implicit:
-            conn = insecure_context().wrap_socket(raw, suppress_ragged_eofs=False)
+            conn = context.wrap_socket(raw, suppress_ragged_eofs=False)
             stream = conn.makefile("rb")
             seen["greeting"] = _read_line(stream)
         else:
@@ -89,7 +96,7 @@ def starttls_client(port: int, implicit: bool = False) -> dict:
             seen["greeting"] = _read_line(plain)
             raw.sendall(b"STARTTLS\r\n")
             seen["starttls"] = _read_line(plain)
-            conn = insecure_context().wrap_socket(raw, suppress_ragged_eofs=False)
+            conn = context.wrap_socket(raw, suppress_ragged_eofs=False)
             stream = conn.makefile("rb")
         seen["version"] = conn.version()
         conn.sendall(b"BIG\r\n")
@@ -173,14 +180,37 @@ class DirectTLSTests(unittest.TestCase):
         self.assert_served(seen, server)
 
     @defer.inlineCallbacks
-    def test_without_the_bio_lengths(self):
-        """Where pyOpenSSL does not say what its BIOs hold, the layer reads
-        until WantReadError, as Twisted does, with the same result."""
-        self.patch(tlslayer, "_bio_length", None)
+    def test_openssl_calls_serve_tls_1_2_and_1_3(self):
+        for tls12 in (False, True):
+            factory, port = self.listen()
+            seen = yield threads.deferToThread(starttls_client, port, False, tls12)
+            [server] = factory.protocols
+            self.assert_served(seen, server)
+            self.assertEqual(seen["version"], "TLSv1.2" if tls12 else "TLSv1.3")
+            self.assertIs(server.layer._direct, True)
+
+    @defer.inlineCallbacks
+    def test_without_openssl_calls(self):
+        """Where pyOpenSSL does not expose OpenSSL's calls and what its BIOs
+        hold, the layer goes through pyOpenSSL's methods and reads until
+        WantReadError, as Twisted does, with the same result."""
+        self.patch(tlslayer, "_calls", None)
         factory, port = self.listen()
         seen = yield threads.deferToThread(starttls_client, port)
         [server] = factory.protocols
         self.assert_served(seen, server)
+        self.assertIs(server.layer._direct, False)
+
+    @defer.inlineCallbacks
+    def test_a_context_with_a_verify_callback_keeps_pyopenssl_calls(self):
+        # pyOpenSSL reports a verify callback's failure after each call
+        self.creator.getContext().set_verify(
+            tssl.SSL.VERIFY_PEER, lambda connection, cert, errno, depth, ok: True)
+        factory, port = self.listen()
+        seen = yield threads.deferToThread(starttls_client, port)
+        [server] = factory.protocols
+        self.assert_served(seen, server)
+        self.assertIs(server.layer._direct, False)
 
     def test_other_transports_start_tls_themselves(self):
         started = []
