@@ -162,23 +162,85 @@ class Batch:
         self._lead = ""  # statements to send in front of the next one
         self._savepoint = _NONE
         self._sent = False  # whether the current step has sent a statement
+        #: the batch ran as one statement outside a transaction block
+        self.autocommitted = False
 
     def execute(self, cursor, sql, params=None):
         self.current = cursor.execute(sql, params)
         return self.current
 
-    def commit_statement(self) -> str:
+    def commit_statement(self) -> str | None:
         """The COMMIT, behind whatever has not been sent yet (a rollback to
-        the savepoint, when the last write failed)."""
+        the savepoint, when the last write failed); C{None} when the batch
+        ran as one statement of its own, committed as it returned."""
+        if self.autocommitted:
+            return None
         return self._lead + "COMMIT"
 
     def __call__(self, cursor):
         self.results = [None] * len(self.writes)
-        self._todo = deque(self._steps())
-        self._lead, self._savepoint = "BEGIN; ", _NONE
+        self.autocommitted = False
+        steps = self._steps()
         done = defer.Deferred()
-        self._next_step(cursor, done)
+        if len(steps) == 1 and self._shared(steps[0]):
+            self._alone(cursor, steps[0], done)
+        else:
+            self._begin(cursor, steps, done)
         return done
+
+    def _begin(self, cursor, steps, done):
+        self._todo = deque(steps)
+        self._lead, self._savepoint = "BEGIN; ", _NONE
+        self._next_step(cursor, done)
+
+    def _shared(self, step) -> bool:
+        """Whether C{step} is writes that share one statement (L{Together})."""
+        fn, args = self.writes[step[0]]
+        kind = self._together.get(fn)
+        return kind is not None and kind.size(*args) is not None
+
+    def _alone(self, cursor, step, done):
+        """A batch of one shared statement (the messages queued meanwhile,
+        say) runs as that statement alone, outside any transaction block:
+        PostgreSQL commits it as it ends, before its rows come back (an
+        implicit transaction: PostgreSQL documentation, BEGIN), one round
+        trip where BEGIN, savepoint and COMMIT take two. Should it fail, the
+        batch runs the usual way, each write in a savepoint of its own, so
+        that only the one at fault fails."""
+        fn, _ = self.writes[step[0]]
+        gen = self._together[fn].run([self.writes[i][1] for i in step])
+        try:
+            statement = gen.send(None)
+        except Exception:  # the statement could not even be made
+            gen.close()
+            self._begin(cursor, [[i] for i in step], done)
+            return
+        d = self.execute(cursor, *statement_text(statement))
+
+        def answered(result):
+            self.started = True
+            try:
+                gen.send(rows_of(result))
+            except StopIteration as stop:
+                self.autocommitted = True
+                for i, value in zip(step, stop.value):
+                    self.results[i] = (True, value)
+                done.callback(self.results)
+                return
+            gen.close()  # a shared statement is exactly one: anything else is a bug
+            done.errback(failure.Failure(AssertionError("a shared write sent a second "
+                                                        "statement")))
+
+        def refused(reason):
+            gen.close()
+            connection = cursor.connection
+            if self.expired or connection.closed or not reason.check(psycopg2.Error) \
+                    or reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
+                done.errback(reason)  # the batch fails, as a lost session fails it
+                return
+            self.started = True
+            self._begin(cursor, [[i] for i in step], done)
+        d.addCallbacks(answered, refused)
 
     def _steps(self) -> list[list[int]]:
         """The writes in steps: alone, or sharing with the next of their

@@ -164,7 +164,10 @@ class _Connection(txpostgres.Connection):
         d.addCallback(txn, *args, **kwargs)
 
         def commit(result):
-            return txn.execute(cursor, txn.commit_statement()).addCallback(lambda _: result)
+            statement = txn.commit_statement()
+            if statement is None:  # committed already (pgbatch.Batch._alone)
+                return result
+            return txn.execute(cursor, statement).addCallback(lambda _: result)
 
         def rollback(reason):
             if not self.alive():

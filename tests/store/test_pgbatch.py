@@ -219,12 +219,25 @@ class SharedStatementTests(unittest.SynchronousTestCase):
         self.assertEqual([ok for ok, _ in results], [True, False, True])
         results[1][1].trap(psycopg2.IntegrityError)
         self.assertEqual(cursor.sent, [
-            "BEGIN; SAVEPOINT write; SELECT 'a+dup+b'",
-            "ROLLBACK TO SAVEPOINT write; SELECT 'a'",
+            "SELECT 'a+dup+b'",  # alone, outside a transaction: nothing of it stays
+            "BEGIN; SAVEPOINT write; SELECT 'a'",
             "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'dup'",
             "ROLLBACK TO SAVEPOINT write; SELECT 'b'",
         ])
         self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_a_batch_that_is_one_shared_statement_runs_it_alone(self):
+        """One round trip: PostgreSQL commits a statement sent outside a
+        transaction block before its rows come back."""
+        cursor = _FakeCursor()
+        batch, results = self.run_batch(cursor, ["a", "b", "cd"])
+        self.assertEqual(results, [(True, v) for v in ["a", "b", "cd"]])
+        self.assertEqual(cursor.sent, ["SELECT 'a+b+cd'"])
+        self.assertIsNone(batch.commit_statement())
+        # run again (a stale connection's retry): from the start, the same way
+        cursor = _FakeCursor()
+        self.assertEqual(self.successResultOf(batch(cursor)), results)
+        self.assertEqual(cursor.sent, ["SELECT 'a+b+cd'"])
 
 
 # -- the queue, on a fake clock ----------------------------------------------------
