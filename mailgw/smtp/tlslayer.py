@@ -162,8 +162,8 @@ class DirectTLSProtocol(TLSMemoryBIOProtocol):
             super().dataReceived(data)
 
     def _write(self, data):
-        if (0 < len(data) <= 2**14 and self._handshakeDone and not self._lostTLSConnection
-                and self._is_direct()):
+        if (type(data) is bytes and 0 < len(data) <= 2**14 and self._handshakeDone
+                and not self._lostTLSConnection and self._is_direct()):
             connection = self._tlsConnection
             sent = _calls.ssl_write(connection._ssl, data, len(data))
             if sent == len(data):

@@ -164,6 +164,9 @@ class Batch:
         self._sent = False  # whether the current step has sent a statement
         #: the batch ran as one statement outside a transaction block
         self.autocommitted = False
+        #: whether one shared statement may run alone (L{_alone}): set by
+        #: the pool, for a writer that has just answered
+        self.may_commit_alone = True
 
     def execute(self, cursor, sql, params=None):
         self.current = cursor.execute(sql, params)
@@ -182,7 +185,7 @@ class Batch:
         self.autocommitted = False
         steps = self._steps()
         done = defer.Deferred()
-        if len(steps) == 1 and self._shared(steps[0]):
+        if len(steps) == 1 and self.may_commit_alone and self._shared(steps[0]):
             self._alone(cursor, steps[0], done)
         else:
             self._begin(cursor, steps, done)
@@ -206,7 +209,12 @@ class Batch:
         implicit transaction: PostgreSQL documentation, BEGIN), one round
         trip where BEGIN, savepoint and COMMIT take two. Should it fail, the
         batch runs the usual way, each write in a savepoint of its own, so
-        that only the one at fault fails."""
+        that only the one at fault fails.
+
+        The statement commits in its first round trip: the batch counts as
+        started as it is sent, so that a connection lost meanwhile fails it
+        (as a COMMIT whose answer was lost does) rather than having the pool
+        run it again on a new one."""
         fn, _ = self.writes[step[0]]
         gen = self._together[fn].run([self.writes[i][1] for i in step])
         try:
@@ -215,10 +223,10 @@ class Batch:
             gen.close()
             self._begin(cursor, [[i] for i in step], done)
             return
+        self.started = True
         d = self.execute(cursor, *statement_text(statement))
 
         def answered(result):
-            self.started = True
             try:
                 gen.send(rows_of(result))
             except StopIteration as stop:
@@ -226,6 +234,10 @@ class Batch:
                 for i, value in zip(step, stop.value):
                     self.results[i] = (True, value)
                 done.callback(self.results)
+                return
+            except Exception:
+                # committed, but not understood: its callers hear of a failure
+                done.errback(failure.Failure())
                 return
             gen.close()  # a shared statement is exactly one: anything else is a bug
             done.errback(failure.Failure(AssertionError("a shared write sent a second "
@@ -238,7 +250,6 @@ class Batch:
                     or reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
                 done.errback(reason)  # the batch fails, as a lost session fails it
                 return
-            self.started = True
             self._begin(cursor, [[i] for i in step], done)
         d.addCallbacks(answered, refused)
 

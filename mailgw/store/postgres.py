@@ -205,6 +205,7 @@ class _Pool(txpostgres.ConnectionPool):
         self.reactor = reactor
         super().__init__(None, dsn, min=size)
         self.writer = _Writer(self.reactor, self.cooperator)
+        self.writer_answered_at = float("-inf")
         self.every = [*self.connections, self.writer]
         self.target = redact(dsn)
         self.closed = False
@@ -253,6 +254,12 @@ class _Pool(txpostgres.ConnectionPool):
         d = self._attempt(conn, txn, retry=True)
         return d.addBoth(self._putBackAndPassthrough, conn)
 
+    #: seconds after the writer's last answer during which a batch may
+    #: commit as one statement alone (L{mailgw.store.pgbatch.Batch._alone}):
+    #: such a batch cannot be tried again, so a writer idle longer, which may
+    #: have died unnoticed, runs its next batch the way that can
+    WARM = 5.0
+
     def run_batch(self, batch):
         """Run a L{mailgw.store.pgbatch.Batch} on the writer, one at a time
         (the caller waits for each); the writer is reconnected first when it
@@ -260,7 +267,15 @@ class _Pool(txpostgres.ConnectionPool):
         its first round trip, as a pooled call is."""
         if self.closed:
             return defer.fail(StoreUnavailable("the store is closed"))
-        return self._attempt(self.writer, batch, retry=True)
+        batch.may_commit_alone = (self.writer.alive() and self.reactor.seconds()
+                                  - self.writer_answered_at < self.WARM)
+        d = self._attempt(self.writer, batch, retry=True)
+        d.addCallback(self._writer_answered)
+        return d
+
+    def _writer_answered(self, result):
+        self.writer_answered_at = self.reactor.seconds()
+        return result
 
     def _attempt(self, conn, txn, retry):
         reused = conn.alive()

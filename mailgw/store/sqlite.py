@@ -117,7 +117,8 @@ def _drive_batch(cursor, batch, busy_ms: int):
         except Exception as e:
             cursor.execute("ROLLBACK TO operation")
             cursor.execute("RELEASE operation")
-            results.append((False, e))
+            # without its traceback, whose frames hold this thread's cursor
+            results.append((False, e.with_traceback(None)))
         else:
             cursor.execute("RELEASE operation")
             results.append((True, value))
@@ -211,6 +212,9 @@ class WriterThread:
                 outcome, result = d.callback, fn(*args)
             except BaseException:
                 outcome, result = d.errback, Failure()
+                # its frames (this thread's connection and cursor among them)
+                # as text: nothing of them is freed on the reactor's thread
+                result.cleanFailure()
             call_back(outcome, result)
             # nothing of it lives on in this thread until the next call
             call = d = fn = args = outcome = result = None
@@ -254,6 +258,7 @@ class SQLiteStore(WebhookOperations, Store):
         self._connection = self._thread = self._reader = self._shutdown = None
         self._pending = []
         self._writing = False
+        self._inline_allowed = False
 
     def _pool(self, size):
         return adbapi.ConnectionPool(
@@ -286,6 +291,11 @@ class SQLiteStore(WebhookOperations, Store):
         except BaseException:
             connection.close()
             raise
+        # Statements on the reactor's thread only in WAL mode: there COMMIT
+        # never waits for readers (in a rollback journal it would, with the
+        # busy timeout of 0 those statements run under).
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+        self._inline_allowed = str(mode).lower() == "wal"
         self._connection = connection
 
     def _start_failed(self, failure):
@@ -365,10 +375,10 @@ class SQLiteStore(WebhookOperations, Store):
     def _next_batch(self) -> tuple[list, bool]:
         """The writes of the next batch, and whether it runs on the
         reactor's thread: the longest run of small writes at the head of the
-        queue, or else up to L{MAX_BATCH} writes of any kind."""
+        queue (in WAL mode), or else up to L{MAX_BATCH} writes of any kind."""
         pending = self._pending
         count = carried = 0
-        for write in pending[:self.MAX_BATCH]:
+        for write in pending[:self.MAX_BATCH] if self._inline_allowed else ():
             if write.inline is None or carried + write.inline > INLINE_BYTES:
                 break
             carried += write.inline

@@ -234,10 +234,35 @@ class SharedStatementTests(unittest.SynchronousTestCase):
         self.assertEqual(results, [(True, v) for v in ["a", "b", "cd"]])
         self.assertEqual(cursor.sent, ["SELECT 'a+b+cd'"])
         self.assertIsNone(batch.commit_statement())
-        # run again (a stale connection's retry): from the start, the same way
+        self.assertTrue(batch.started)
+
+    def test_not_alone_unless_the_pool_allows_it(self):
         cursor = _FakeCursor()
-        self.assertEqual(self.successResultOf(batch(cursor)), results)
-        self.assertEqual(cursor.sent, ["SELECT 'a+b+cd'"])
+        batch = Batch([(_select, (v,)) for v in "ab"], timeout=5.0, deadline=5.0,
+                      together={_select: _SELECTS_TOGETHER})
+        batch.may_commit_alone = False
+        self.assertEqual(self.successResultOf(batch(cursor)), [(True, "a"), (True, "b")])
+        self.assertEqual(cursor.sent, ["BEGIN; SAVEPOINT write; SELECT 'a+b'"])
+        self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_a_session_lost_under_a_lone_statement_fails_the_batch_as_started(self):
+        """The statement may have committed before the session went: the
+        pool must not run the batch again on a new one."""
+        cursor = _FakeCursor(refuse=("a+b",), lose=True)
+        batch = Batch([(_select, (v,)) for v in "ab"], timeout=5.0, deadline=5.0,
+                      together={_select: _SELECTS_TOGETHER})
+        self.failureResultOf(batch(cursor), psycopg2.OperationalError)
+        self.assertTrue(batch.started)
+        self.assertEqual(cursor.sent, ["SELECT 'a+b'"])
+
+    def test_answer_not_understood_fails_the_batch(self):
+        def run(calls):
+            yield Q("SELECT ?", ("x",))
+            raise KeyError("no such token")
+        together = Together(size=len, budget=5, run=run)
+        batch = Batch([(_select, (v,)) for v in "ab"], timeout=5.0, deadline=5.0,
+                      together={_select: together})
+        self.failureResultOf(batch(_FakeCursor()), KeyError)
 
 
 # -- the queue, on a fake clock ----------------------------------------------------

@@ -2,6 +2,7 @@
 recovery from an outage, deadlines, and the URL forms libpq accepts."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 
@@ -11,6 +12,7 @@ from twisted.python import log
 from twisted.trial import unittest
 
 from mailgw.interfaces import StoreUnavailable
+from mailgw.model import MessageEnvelope
 from mailgw.store import open_store, postgres
 from mailgw.store.base import Q, schema_files
 from mailgw.store.pgbatch import to_pyformat
@@ -122,6 +124,35 @@ class PostgresStoreTests(unittest.TestCase):
             finally:
                 conn.close()
             yield store.close()
+
+    @defer.inlineCallbacks
+    def test_messages_commit_alone_only_on_a_writer_that_just_answered(self):
+        """A batch of messages may be one statement outside a transaction,
+        which cannot be tried again: only on a writer that answered within
+        WARM seconds; after longer, the usual way, which can."""
+        from twisted.internet import reactor
+        batches = []
+        run_batch = postgres._Pool.run_batch
+
+        def recording(pool, batch):
+            batches.append(batch)
+            return run_batch(pool, batch)
+        self.patch(postgres._Pool, "run_batch", recording)
+        store = yield self.started(self.fresh_url())
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+        server = yield store.add_server("acme", "web", "Web")
+
+        def message(token):
+            envelope = MessageEnvelope(token, server.id, None, "a@b.example",
+                                       ("r@c.example",), None, "ESMTPA")
+            return store.enqueue(envelope, io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+        yield message("T00000000001")
+        store._pool.writer_answered_at = reactor.seconds() - postgres._Pool.WARM - 1
+        yield message("T00000000002")
+        self.assertEqual([b.autocommitted for b in batches], [False, False, True, False])
+        self.assertEqual(sorted(e.token for e in (yield store.list_entries())),
+                         ["T00000000001", "T00000000002"])
 
     @defer.inlineCallbacks
     def test_the_writer_compresses_bodies_with_lz4_where_the_server_can(self):

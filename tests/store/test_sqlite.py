@@ -146,6 +146,38 @@ class GroupCommitTests(unittest.TestCase):
                          {"T00000000000", "T00000000001", "T00000000002"})
 
     @defer.inlineCallbacks
+    def test_outside_wal_mode_every_batch_runs_on_the_writer_thread(self):
+        # A rollback journal (a file system without shared memory, say):
+        # COMMIT would wait for readers, so nothing runs on the reactor's thread.
+        configure = engine._configure
+
+        def rollback_journal(connection, **settings):
+            configure(connection, **settings)
+            connection.execute("PRAGMA journal_mode = DELETE")
+        self.patch(engine, "_configure", rollback_journal)
+        folder = self.mktemp()
+        os.makedirs(folder)
+        store = SQLiteStore(os.path.join(folder, "journal.sqlite3"), reactor)
+        yield store.start()
+        self.addCleanup(store.close)
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+        server = yield store.add_server("acme", "web", "Web")
+        batches = []
+        next_batch = store._next_batch
+
+        def recording():
+            batch, inline = next_batch()
+            batches.append(inline)
+            return batch, inline
+        store._next_batch = recording
+        envelope = MessageEnvelope("T00000000001", server.id, None, "a@b.example",
+                                   ("r@c.example",), None, "ESMTPA")
+        yield store.enqueue(envelope, io.BytesIO(b"x" * 10))
+        self.assertEqual(batches, [False])
+        self.assertEqual([e.token for e in (yield store.list_entries())], ["T00000000001"])
+
+    @defer.inlineCallbacks
     def test_a_failed_commit_fails_its_writes_and_the_next_batch_works(self):
         def failing(connection):
             connection.rollback()
