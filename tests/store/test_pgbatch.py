@@ -195,9 +195,14 @@ class BatchStatementTests(unittest.SynchronousTestCase):
 class SharedStatementTests(unittest.SynchronousTestCase):
     """Writes of a kind that may share (L{Together}) go in one statement."""
 
+    @staticmethod
+    def batch_of(values, together=_SELECTS_TOGETHER):
+        """A batch of L{_select}s, which may share statements."""
+        return Batch([(_select, (v,)) for v in values], timeout=5.0, deadline=5.0,
+                     together={_select: together})
+
     def run_batch(self, cursor, values):
-        batch = Batch([(_select, (v,)) for v in values], timeout=5.0, deadline=5.0,
-                      together={_select: _SELECTS_TOGETHER})
+        batch = self.batch_of(values)
         return batch, self.successResultOf(batch(cursor))
 
     def test_writes_of_a_kind_share_a_statement_up_to_its_budget(self):
@@ -238,8 +243,7 @@ class SharedStatementTests(unittest.SynchronousTestCase):
 
     def test_not_alone_unless_the_pool_allows_it(self):
         cursor = _FakeCursor()
-        batch = Batch([(_select, (v,)) for v in "ab"], timeout=5.0, deadline=5.0,
-                      together={_select: _SELECTS_TOGETHER})
+        batch = self.batch_of("ab")
         batch.may_commit_alone = False
         self.assertEqual(self.successResultOf(batch(cursor)), [(True, "a"), (True, "b")])
         self.assertEqual(cursor.sent, ["BEGIN; SAVEPOINT write; SELECT 'a+b'"])
@@ -249,8 +253,7 @@ class SharedStatementTests(unittest.SynchronousTestCase):
         """The statement may have committed before the session went: the
         pool must not run the batch again on a new one."""
         cursor = _FakeCursor(refuse=("a+b",), lose=True)
-        batch = Batch([(_select, (v,)) for v in "ab"], timeout=5.0, deadline=5.0,
-                      together={_select: _SELECTS_TOGETHER})
+        batch = self.batch_of("ab")
         self.failureResultOf(batch(cursor), psycopg2.OperationalError)
         self.assertTrue(batch.started)
         self.assertEqual(cursor.sent, ["SELECT 'a+b'"])
@@ -260,8 +263,7 @@ class SharedStatementTests(unittest.SynchronousTestCase):
             yield Q("SELECT ?", ("x",))
             raise KeyError("no such token")
         together = Together(size=len, budget=5, run=run)
-        batch = Batch([(_select, (v,)) for v in "ab"], timeout=5.0, deadline=5.0,
-                      together={_select: together})
+        batch = self.batch_of("ab", together)
         self.failureResultOf(batch(_FakeCursor()), KeyError)
 
 

@@ -74,7 +74,8 @@ class SameRowsTests(unittest.TestCase):
     portable form stores."""
 
     @defer.inlineCallbacks
-    def test_same_rows_and_result_as_the_portable_form(self):
+    def started_store(self):
+        """A store on a fresh database, with one server to queue for."""
         from twisted.internet import reactor
         url, drop = pgcluster.fresh_database(postgres_admin())
         self.addCleanup(drop)
@@ -84,6 +85,11 @@ class SameRowsTests(unittest.TestCase):
         yield store.upgrade()
         yield store.add_organization("acme", "Acme")
         server = yield store.add_server("acme", "mail", "Mail")
+        return store, server
+
+    @defer.inlineCallbacks
+    def test_same_rows_and_result_as_the_portable_form(self):
+        store, server = yield self.started_store()
         rcpts = ("a@x.example", "b@x.example", "a@x.example")  # one twice
         for body in (b"Subject: hi\r\n\r\nbody\r\n", b""):
             one = _envelope(f"ONE{len(body)}", rcpts, server.id)
@@ -104,15 +110,7 @@ class SameRowsTests(unittest.TestCase):
     def test_messages_of_a_batch_each_get_their_own_rows(self):
         """Queued while another write runs, they share one statement: each
         caller gets its own recipients' ids, and each id is its row."""
-        from twisted.internet import reactor
-        url, drop = pgcluster.fresh_database(postgres_admin())
-        self.addCleanup(drop)
-        store = PostgresStore(url, reactor)
-        yield store.start()
-        self.addCleanup(store.close)
-        yield store.upgrade()
-        yield store.add_organization("acme", "Acme")
-        server = yield store.add_server("acme", "mail", "Mail")
+        store, server = yield self.started_store()
         blocker = store.add_organization("other", "Other")
         shapes = [(("a@x.example",), b"one"), (("b@x.example", "c@x.example"), b""),
                   (("d@x.example", "d@x.example"), b"three"),
