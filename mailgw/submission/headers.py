@@ -6,8 +6,11 @@ on it, RFC 5321 §2.3.8 lets a server refuse it), a NUL byte, a field name
 that is not printable ASCII, a line that is neither a field nor a
 continuation (a name with white space before its colon is one: RFC 5322 calls
 it obsolete and common parsers disagree on it), and a continuation of white
-space only (some parsers take it for the empty line that ends the section). Bare LF line ends are the one
-fault normalised: they become CRLF, as in the body.
+space only (some parsers take it for the empty line that ends the section),
+and a From or Sender field folded inside a quoted string or a comment (Python's
+C{email} with its compat32 policy then reads the address list differently: a
+display name C{"<fold> ceo@foreign.test, "} becomes a mailbox). Bare LF line
+ends are the one fault normalised: they become CRLF, as in the body.
 
 See C{docs/submission.md} for the whole list of refusals.
 """
@@ -71,7 +74,40 @@ def parse_fields(section: bytes) -> list[tuple[str, str]]:
             raise MalformedHeaderSection(fault)
         current = [match.group(2)]
         fields.append((match.group(1).decode("ascii").lower(), current))
+    for name, parts in fields:
+        if len(parts) > 1 and name in _SENDER_FIELDS and _folded_inside_quote(parts):
+            raise MalformedHeaderSection(MalformedHeaderSection.FOLD_IN_QUOTE)
     return [(name, _decode(b"".join(parts))) for name, parts in fields]
+
+
+#: the fields the sender policy reads (mailgw.submission.policy)
+_SENDER_FIELDS = frozenset(("from", "sender"))
+
+
+def _folded_inside_quote(lines: list[bytes]) -> bool:
+    """Whether a fold of the field whose lines are C{lines} falls inside a
+    quoted string or a comment (RFC 5322 §3.2.4, §3.2.2), a backslash
+    escaping the next character in either."""
+    quoted, depth = False, 0
+    for number, line in enumerate(lines):
+        if number and (quoted or depth):
+            return True
+        i, n = 0, len(line)
+        while i < n:
+            c = line[i]
+            if (quoted or depth) and c == 0x5C:  # backslash: the next is literal
+                i += 2
+                continue
+            if quoted:
+                quoted = c != 0x22
+            elif depth:
+                depth += (c == 0x28) - (c == 0x29)
+            elif c == 0x22:
+                quoted = True
+            elif c == 0x28:
+                depth = 1
+            i += 1
+    return False
 
 
 def _decode(value: bytes) -> str:

@@ -55,6 +55,7 @@ class MalformedHeaderSection(Refusal):
     NAME = "invalid header field name"
     NOT_A_FIELD = "line that is not a header field"
     BLANK_CONTINUATION = "continuation line of white space only"
+    FOLD_IN_QUOTE = "From or Sender folded inside a quoted string or comment"
 
     def __init__(self, what: str):
         super().__init__(what)

@@ -128,5 +128,7 @@ class OracleTests(unittest.TestCase):
             b"From: a@own.test\r\n \r\nFrom: ceo@foreign.test\r\n\r\n",
             b"From: a@own.test\r\nFrom : ceo@foreign.test\r\n\r\n",
             b"From: a@own.test, =?utf-8?q?ceo=40foreign.test?=\r\n\r\n",
+            # compat32 reads a display name folded inside its quotes as a mailbox
+            b'From: "\r\n ceo@foreign.test, "<a@own.test>\r\n\r\n',
         ]:
             self.assertIsNone(self.accepted(raw, True), raw)

@@ -78,6 +78,24 @@ class HeaderFieldsTests(unittest.TestCase):
             self.assertRefused(headers("Subject: x", blank, "From: evil@x.example"),
                                MalformedHeaderSection.BLANK_CONTINUATION)
 
+    def test_from_or_sender_folded_inside_a_quote_or_comment_is_refused(self):
+        # Python's email (compat32) reads the folded display name as a mailbox
+        for field in ('From: "\r\n ceo@foreign.test, "<a@own.test>',
+                      'From: "x\r\n y" <a@own.test>',
+                      'Sender: (a\r\n comment) a@own.test',
+                      'From: "a \\\"\r\n b" <a@own.test>',
+                      'From: (outer (inner\r\n )) a@own.test'):
+            self.assertRefused(f"{field}\r\n\r\n".encode(),
+                               MalformedHeaderSection.FOLD_IN_QUOTE)
+
+    def test_folds_outside_quotes_and_comments_stay(self):
+        for field in ('From: "A" <a@own.test>,\r\n "B" <b@own.test>',
+                      'From: (c) a@own.test,\r\n b@own.test',
+                      'From: "a\\\\" \r\n <a@own.test>',
+                      'Subject: "an open\r\n quote" elsewhere'):
+            raw = f"{field}\r\n\r\n".encode()
+            self.assertTrue(parse_fields(canonical_header_section(raw)), raw)
+
     def test_bare_cr_is_refused(self):
         self.assertRefused(b"X-A: b\rFrom: ceo@foreign.test\r\r\nFrom: a@own.test\r\n\r\n",
                            MalformedHeaderSection.BARE_CR)
