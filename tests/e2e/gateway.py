@@ -87,6 +87,7 @@ class Gateway:
         self.ports = []
         self.log_path = os.path.join(folder, "twistd.log")
         self.process = None
+        self._drainer = None  # the thread copying the child's output to the log
 
     def spawn(self) -> subprocess.Popen:
         """The gateway's process, its output (stdout and stderr) on a pipe."""
@@ -146,7 +147,8 @@ class Gateway:
                 log.write(chunk)
                 log.flush()
             log.close()
-        threading.Thread(target=copy, daemon=True).start()
+        self._drainer = threading.Thread(target=copy, daemon=True)
+        self._drainer.start()
 
     def port(self, tls_mode: str = "none") -> int:
         return next(p for mode, p in self.ports if mode == tls_mode)
@@ -167,6 +169,9 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        # the child's last lines are in the log file once the copy has ended
+        if self._drainer is not None:
+            self._drainer.join(10)
 
 
 def mailgw_cli(config_path: str, *args: str, raw=False):
