@@ -95,9 +95,9 @@ def run(folder: str, cert: str, key: str, *, clients: int, messages: int, second
     process.start()
     try:
         request = request_bytes(process.port, api_key, size)
-        asyncio.run(_drive(process.port, request, 2, 10, 30))  # warm-up, not counted
+        load.run(_drive(process.port, request, 2, 10, 30))  # warm-up, not counted
         cpu0 = servers.cpu_seconds(process.pid)
-        result = asyncio.run(_drive(process.port, request, clients, messages, seconds))
+        result = load.run(_drive(process.port, request, clients, messages, seconds))
         cpu = servers.cpu_seconds(process.pid) - cpu0
     finally:
         process.stop()

@@ -11,7 +11,6 @@ at the sink. "DKIM off" is the same gateway with the ``nodkim`` lever
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -86,7 +85,7 @@ def run(folder: str, cert: str, key: str, context, *, messages: int, clients: in
             target = load.Target(process.name, "127.0.0.1", process.port, password, context)
             cpu0 = servers.cpu_seconds(process.pid)
             started = time.perf_counter()
-            result = asyncio.run(load.run_messages(
+            result = load.run(load.run_messages(
                 target, clients=clients, per_connection=per_connection,
                 message=load.numbered(load.make_message(size)), max_messages=messages,
                 max_seconds=timeout))

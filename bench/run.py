@@ -272,7 +272,7 @@ def measure(key: str, process: servers.ServerProcess, target_of, scale: Scale,
     profiler = None
     try:
         target = target_of(process)
-        asyncio.run(_warm_up(target, scale))
+        load.run(_warm_up(target, scale))
         name = f"{process.name}-{key.rstrip(chr(39))}" + ("-tls" if key == "d'" else "")
         profiler = Profiler(profile_dir, name, process.pid, profile_mode)
         try:
@@ -308,7 +308,7 @@ def _measured(key: str, target: load.Target, scale: Scale, row: Row, pids: list[
     busy0 = servers.machine_busy_seconds()
     started = time.perf_counter()
     with PeakSampler(pids) as sampler:
-        result = asyncio.run(_scenario(key, target, scale, row, pids))
+        result = load.run(_scenario(key, target, scale, row, pids))
     row.elapsed = time.perf_counter() - started
     row.server_cpu = _cpu(pids) - cpu0
     row.server_sys = _sys(pids) - sys0
@@ -429,7 +429,7 @@ def machine() -> str:
                          if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    versions = []
+    versions = [f"load generator on {load.loop_name()}"]
     for name in ("twisted", "aiosmtpd"):
         try:
             from importlib.metadata import version
