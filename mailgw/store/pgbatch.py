@@ -141,7 +141,8 @@ class Batch:
     #: no BEGIN of its own: it travels with the first statement
     begin = None
 
-    def __init__(self, writes, timeout: float, deadline: float, together=None):
+    def __init__(self, writes, timeout: float, deadline: float, together=None,
+                 blind=frozenset()):
         """
         @param writes: C{(generator function, args)} pairs, in queue order.
         @param timeout: the store timeout, for the error's words.
@@ -149,6 +150,9 @@ class Batch:
             deadline), in the reactor's seconds.
         @param together: C{{generator function: L{Together}}}, for the
             writes that may share statements.
+        @param blind: generator functions of writes that are one statement
+            whose answer they do not read (a credential's last use), which
+            may travel in front of another statement (L{_alone}).
         """
         self.writes = writes
         self.timeout, self.deadline = timeout, deadline
@@ -158,6 +162,7 @@ class Batch:
         self.expired = False
         self.results = []
         self._together = together or {}
+        self._blind = blind
         self._todo = deque()  # steps: the indices of the writes run as one
         self._lead = ""  # statements to send in front of the next one
         self._savepoint = _NONE
@@ -185,11 +190,26 @@ class Batch:
         self.autocommitted = False
         steps = self._steps()
         done = defer.Deferred()
-        if len(steps) == 1 and self.may_commit_alone and self._shared(steps[0]):
-            self._alone(cursor, steps[0], done)
+        plan = self._one_message(steps) if self.may_commit_alone else None
+        if plan is not None:
+            self._alone(cursor, *plan, done)
         else:
             self._begin(cursor, steps, done)
         return done
+
+    def _one_message(self, steps):
+        """C{(blind writes, shared step or None)} when the batch may run as
+        one message (L{_alone}): blind writes and at most one shared
+        statement; else C{None}."""
+        blind, shared = [], None
+        for step in steps:
+            if len(step) == 1 and self.writes[step[0]][0] in self._blind:
+                blind.append(step[0])
+            elif shared is None and self._shared(step):
+                shared = step
+            else:
+                return None
+        return blind, shared
 
     def _begin(self, cursor, steps, done):
         self._todo = deque(steps)
@@ -202,35 +222,54 @@ class Batch:
         kind = self._together.get(fn)
         return kind is not None and kind.size(*args) is not None
 
-    def _alone(self, cursor, step, done):
+    def _alone(self, cursor, blind, step, done):
         """A batch of one shared statement (the messages queued meanwhile,
-        say) runs as that statement alone, outside any transaction block:
-        PostgreSQL commits it as it ends, before its rows come back (an
-        implicit transaction: PostgreSQL documentation, BEGIN), one round
-        trip where BEGIN, savepoint and COMMIT take two. Should it fail, the
-        batch runs the usual way, each write in a savepoint of its own, so
-        that only the one at fault fails.
+        say), with blind writes in front of it, runs as one message outside
+        any transaction block: PostgreSQL runs the statements of one
+        simple-query message as one transaction and commits it as the
+        message ends, before the answer comes back (PostgreSQL
+        documentation, Frontend/Backend Protocol, "Multiple Statements in a
+        Simple Query"), whose rows are the last statement's. One round trip
+        where BEGIN, savepoints and COMMIT take two or more. Should it fail,
+        nothing of it stays, and the batch runs the usual way, each write in
+        a savepoint of its own, so that only the one at fault fails.
 
-        The statement commits in its first round trip: the batch counts as
+        The message commits in its first round trip: the batch counts as
         started as it is sent, so that a connection lost meanwhile fails it
         (as a COMMIT whose answer was lost does) rather than having the pool
         run it again on a new one."""
-        fn, _ = self.writes[step[0]]
-        gen = self._together[fn].run([self.writes[i][1] for i in step])
+        singles = [[i] for i in blind] + [[i] for i in step or ()]
+        texts, gen = [], None
         try:
-            statement = gen.send(None)
-        except Exception:  # the statement could not even be made
-            gen.close()
-            self._begin(cursor, [[i] for i in step], done)
+            for i in blind:
+                fn, args = self.writes[i]
+                texts.append(self._blind_statement(i, fn(*args)))
+            if step is not None:
+                fn, _ = self.writes[step[0]]
+                gen = self._together[fn].run([self.writes[i][1] for i in step])
+                texts.append(statement_text(gen.send(None)))
+        except Exception:  # a statement could not be made: each the usual way
+            if gen is not None:
+                gen.close()
+            self._begin(cursor, singles, done)
+            return
+        if any(params is None for _, params in texts):  # schema text: no % escaping
+            if gen is not None:
+                gen.close()
+            self._begin(cursor, singles, done)
             return
         self.started = True
-        d = self.execute(cursor, *statement_text(statement))
+        d = self.execute(cursor, "; ".join(sql for sql, _ in texts),
+                         tuple(p for _, params in texts for p in params))
 
         def answered(result):
+            self.autocommitted = True
+            if gen is None:
+                done.callback(self.results)
+                return
             try:
                 gen.send(rows_of(result))
             except StopIteration as stop:
-                self.autocommitted = True
                 for i, value in zip(step, stop.value):
                     self.results[i] = (True, value)
                 done.callback(self.results)
@@ -244,14 +283,28 @@ class Batch:
                                                         "statement")))
 
         def refused(reason):
-            gen.close()
+            if gen is not None:
+                gen.close()
             connection = cursor.connection
             if self.expired or connection.closed or not reason.check(psycopg2.Error) \
                     or reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
                 done.errback(reason)  # the batch fails, as a lost session fails it
                 return
-            self._begin(cursor, [[i] for i in step], done)
+            self._begin(cursor, singles, done)
         d.addCallbacks(answered, refused)
+
+    def _blind_statement(self, index, gen) -> tuple[str, tuple]:
+        """The one statement of a blind write, its result noted now (it does
+        not depend on the answer); raises when the write is not one
+        statement."""
+        statement = gen.send(None)
+        try:
+            gen.send(None)
+        except StopIteration as stop:
+            self.results[index] = (True, stop.value)
+            return statement_text(statement)
+        gen.close()
+        raise AssertionError("a blind write sent a second statement")
 
     def _steps(self) -> list[list[int]]:
         """The writes in steps: alone, or sharing with the next of their
@@ -357,7 +410,8 @@ class GroupCommit:
     #: "Subtransactions"): a batch has at most one per write.
     MAX_BATCH = 64
 
-    def __init__(self, reactor, timeout: float, run_batch, translated, together=None):
+    def __init__(self, reactor, timeout: float, run_batch, translated, together=None,
+                 blind=frozenset()):
         """
         @param run_batch: runs a L{Batch} on the writer connection; returns a
             Deferred firing after the COMMIT with the batch's C{results}.
@@ -365,8 +419,10 @@ class GroupCommit:
             (L{mailgw.interfaces.Conflict}, L{StoreUnavailable}).
         @param together: C{{generator function: L{Together}}}, for the
             writes that may share statements.
+        @param blind: as for L{Batch}.
         """
         self._together = together or {}
+        self._blind = blind
         self._reactor, self._timeout = reactor, timeout
         self._run_batch, self._translated = run_batch, translated
         self._pending = []
@@ -403,7 +459,7 @@ class GroupCommit:
         for write in writes:
             write.timer.cancel()
         batch = Batch([(w.fn, w.args) for w in writes], self._timeout,
-                      min(w.deadline for w in writes), self._together)
+                      min(w.deadline for w in writes), self._together, self._blind)
         self._writing = True
         d = self._run_batch(batch)
         d.addBoth(self._batch_ended, batch, writes)

@@ -42,7 +42,7 @@ from txpostgres import txpostgres
 from txpostgres.psycopg2_impl import psycopg2
 
 from mailgw.interfaces import Conflict, StoreUnavailable
-from mailgw.store.base import Q, Store, schema_files, split_statements
+from mailgw.store.base import Q, Store, _touch_credential, schema_files, split_statements
 from mailgw.store.pgbatch import GroupCommit, TimedOut, rows_of, statement_text
 from mailgw.store.pgenqueue import ENQUEUE_TOGETHER, enqueue_at_once
 from mailgw.store.webhooks import WebhookOperations
@@ -406,7 +406,8 @@ class PostgresStore(WebhookOperations, Store):
         nothing open) when the server cannot be reached."""
         self._pool = _Pool(self.url, self._reactor, max(1, self._pool_size - 1))
         self._writes = GroupCommit(self._reactor, self._timeout, self._pool.run_batch,
-                                   _translated, {enqueue_at_once: ENQUEUE_TOGETHER})
+                                   _translated, {enqueue_at_once: ENQUEUE_TOGETHER},
+                                   blind=frozenset({_touch_credential}))
         d = self._pool.start(self._timeout)
 
         def failed(reason):

@@ -52,6 +52,17 @@ _SELECTS_TOGETHER = Together(size=lambda value: None if value == "solo" else len
                              budget=5, run=_select_many)
 
 
+def _touch(value):
+    """A blind write: one statement, whose answer it does not read."""
+    yield Q("UPDATE t SET x = ?", (value,))
+
+
+def _touch_twice(value):
+    """Marked blind, but it is two statements."""
+    yield Q("UPDATE t SET x = ?", (value,))
+    yield Q("UPDATE t SET y = ?", (value,))
+
+
 def _fails_before_any_statement():
     raise NotFound("nothing sent")
     yield  # a generator function
@@ -267,6 +278,79 @@ class SharedStatementTests(unittest.SynchronousTestCase):
         self.failureResultOf(batch(_FakeCursor()), KeyError)
 
 
+class BlindWriteTests(unittest.SynchronousTestCase):
+    """Blind writes (one statement, answer unread) travel in front of the
+    shared statement, and the batch is one message."""
+
+    @staticmethod
+    def batch_of(writes):
+        return Batch(writes, timeout=5.0, deadline=5.0, together={_select: _SELECTS_TOGETHER},
+                     blind=frozenset({_touch, _touch_twice}))
+
+    def test_blind_writes_ride_in_front_of_the_shared_statement(self):
+        cursor = _FakeCursor()
+        batch = self.batch_of([(_touch, ("t1",)), (_select, ("a",)), (_touch, ("t2",)),
+                               (_select, ("b",))])
+        results = self.successResultOf(batch(cursor))
+        self.assertEqual(results, [(True, None), (True, "a"), (True, None), (True, "b")])
+        self.assertEqual(cursor.sent,
+                         ["UPDATE t SET x = 't1'; UPDATE t SET x = 't2'; SELECT 'a+b'"])
+        self.assertIsNone(batch.commit_statement())
+        self.assertTrue(batch.started)
+        self.assertTrue(batch.autocommitted)
+
+    def test_blind_writes_alone_are_one_message(self):
+        cursor = _FakeCursor()
+        batch = self.batch_of([(_touch, ("t1",)), (_touch, ("t2",))])
+        self.assertEqual(self.successResultOf(batch(cursor)), [(True, None), (True, None)])
+        self.assertEqual(cursor.sent, ["UPDATE t SET x = 't1'; UPDATE t SET x = 't2'"])
+        self.assertIsNone(batch.commit_statement())
+
+    def test_a_refused_message_runs_each_write_in_its_savepoint(self):
+        """Nothing of the refused message stays; then only the write at
+        fault fails."""
+        cursor = _FakeCursor(refuse=("bad",))
+        batch = self.batch_of([(_touch, ("bad",)), (_select, ("a",)), (_select, ("b",))])
+        results = self.successResultOf(batch(cursor))
+        self.assertEqual([ok for ok, _ in results], [False, True, True])
+        results[0][1].trap(psycopg2.IntegrityError)
+        self.assertEqual(cursor.sent, [
+            "UPDATE t SET x = 'bad'; SELECT 'a+b'",
+            "BEGIN; SAVEPOINT write; UPDATE t SET x = 'bad'",
+            "ROLLBACK TO SAVEPOINT write; SELECT 'a'",
+            "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'b'",
+        ])
+        self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_a_blind_write_of_two_statements_runs_the_usual_way(self):
+        """Found out before anything is sent: both its statements run, in
+        a transaction with the others."""
+        cursor = _FakeCursor()
+        batch = self.batch_of([(_touch_twice, ("t",)), (_select, ("a",))])
+        self.assertEqual(self.successResultOf(batch(cursor)), [(True, None), (True, "a")])
+        self.assertEqual(cursor.sent, [
+            "BEGIN; SAVEPOINT write; UPDATE t SET x = 't'",
+            "UPDATE t SET y = 't'",
+            "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'a'",
+        ])
+        self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_with_any_other_write_the_usual_way(self):
+        cursor = _FakeCursor()
+        batch = self.batch_of([(_touch, ("t",)), (_select, ("solo",)), (_select, ("a",))])
+        self.successResultOf(batch(cursor))
+        self.assertEqual(cursor.sent[0], "BEGIN; SAVEPOINT write; UPDATE t SET x = 't'")
+        self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_not_in_one_message_unless_the_pool_allows_it(self):
+        cursor = _FakeCursor()
+        batch = self.batch_of([(_touch, ("t",)), (_select, ("a",))])
+        batch.may_commit_alone = False
+        self.successResultOf(batch(cursor))
+        self.assertEqual(cursor.sent, ["BEGIN; SAVEPOINT write; UPDATE t SET x = 't'",
+                                       "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'a'"])
+
+
 # -- the queue, on a fake clock ----------------------------------------------------
 
 class GroupCommitQueueTests(unittest.SynchronousTestCase):
@@ -413,6 +497,34 @@ class PostgresGroupCommitTests(unittest.TestCase):
         entries = yield self.store.list_entries()
         self.assertEqual(sorted(e.size for e in entries), [0, 1, 2, 3, 4, 5, 5])
         self.assertEqual(self.count("SELECT count(*) FROM messages"), 7)
+
+    @defer.inlineCallbacks
+    def test_a_conflict_in_one_message_undoes_none_of_the_rest(self):
+        """Touches and messages sent as one message, one of the messages a
+        duplicate: nothing of the refused message stays, then the duplicate
+        fails alone and the touches and the other messages commit."""
+        from mailgw.model import generate_key
+        credential = yield self.store.add_credential(("acme", "web"), "smtp", generate_key())
+        yield self.store.enqueue(self.envelope("T00000000dup"), io.BytesIO(b"first"))
+        sent = []
+        self.patch(Batch, "execute", lambda batch, cursor, sql, params=None: (
+            sent.append(sql), cursor.execute(sql, params))[1])
+        blocker = self.store._run(_organization_in_transaction, "blocker")
+        calls = [self.store.touch_credential(credential.id, 42.0),
+                 self.store.enqueue(self.envelope("T00000000001"), io.BytesIO(b"one")),
+                 self.store.enqueue(self.envelope("T00000000dup"), io.BytesIO(b"again")),
+                 self.store.enqueue(self.envelope("T00000000002"), io.BytesIO(b"two"))]
+        yield blocker
+        results = yield defer.DeferredList(calls, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, True, False, True])
+        results[2][1].trap(Conflict)
+        del sent[:sent.index("COMMIT") + 1]  # the blocker's
+        self.assertTrue(sent[0].startswith("UPDATE credentials SET last_used_at"), sent[0])
+        self.assertIn("; WITH m AS (INSERT INTO messages", sent[0])
+        self.assertTrue(sent[1].startswith("BEGIN; SAVEPOINT write; UPDATE credentials"), sent)
+        self.assertEqual(self.count(f"SELECT last_used_at FROM credentials "
+                                    f"WHERE id = {credential.id}"), 42.0)
+        self.assertEqual(self.count("SELECT count(*) FROM messages"), 3)
 
     @defer.inlineCallbacks
     def test_no_write_hears_back_before_its_commit(self):

@@ -12,10 +12,11 @@ from twisted.python import log
 from twisted.trial import unittest
 
 from mailgw.interfaces import StoreUnavailable
-from mailgw.model import MessageEnvelope
+from mailgw.model import MessageEnvelope, generate_key
 from mailgw.store import open_store, postgres
-from mailgw.store.base import Q, schema_files
+from mailgw.store.base import Q, _touch_credential, schema_files
 from mailgw.store.pgbatch import to_pyformat
+from mailgw.store.pgenqueue import enqueue_at_once
 from mailgw.store.postgres import PostgresStore, redact
 from tests import pgcluster
 from tests.store import postgres_admin, postgres_bindir
@@ -34,6 +35,40 @@ def _setting(name):
 def _write_something():
     yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
             "VALUES (?, ?, ?, ?)", ("x", "x", False, 0.0))
+
+
+def _two_writes():
+    for permalink in ("first", "second"):
+        yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
+                "VALUES (?, ?, ?, ?)", (permalink, permalink, False, 0.0))
+
+
+def _one_write():
+    rows = yield Q("INSERT INTO organizations (permalink, name, suspended, created_at) "
+                   "VALUES (?, ?, ?, ?) RETURNING permalink", ("third", "third", False, 0.0))
+    return rows[0][0]
+
+
+def _message(store, server, token):
+    envelope = MessageEnvelope(token, server.id, None, "a@b.example",
+                               ("r@c.example",), None, "ESMTPA")
+    return store.enqueue(envelope, io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+
+
+def _select(url, sql, params=None):
+    """C{sql}'s rows, as a session of its own (not the store's) sees them."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _last_used_at(url, credential_id):
+    return _select(url, "SELECT last_used_at FROM credentials WHERE id = %s",
+                   (credential_id,))[0][0]
 
 
 class PlaceholderTests(unittest.SynchronousTestCase):
@@ -87,6 +122,21 @@ class PostgresStoreTests(unittest.TestCase):
         yield store.start()
         self.addCleanup(store.close)
         return store
+
+    @defer.inlineCallbacks
+    def with_credentials(self, count=1, **kw):
+        """C{(url, store, server, credentials)}: a started store on a fresh,
+        upgraded database, with one server and C{count} credentials of it."""
+        url = self.fresh_url()
+        store = yield self.started(url, **kw)
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+        server = yield store.add_server("acme", "web", "Web")
+        credentials = []
+        for _ in range(count):
+            credentials.append((yield store.add_credential(("acme", "web"), "smtp",
+                                                           generate_key())))
+        return url, store, server, credentials
 
     @defer.inlineCallbacks
     def test_concurrent_upgrades(self):
@@ -153,6 +203,50 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertEqual([b.autocommitted for b in batches], [False, False, True, False])
         self.assertEqual(sorted(e.token for e in (yield store.list_entries())),
                          ["T00000000001", "T00000000002"])
+
+    @defer.inlineCallbacks
+    def test_touch_credential_is_committed_when_it_fires(self):
+        """A credential's touch is committed by the time its Deferred fires:
+        a session of its own sees the new last_used_at at once, as the store
+        does."""
+        url, store, _, (credential,) = yield self.with_credentials()
+        self.assertIsNone(_last_used_at(url, credential.id))
+        yield store.touch_credential(credential.id, 1234.5)
+        self.assertEqual(_last_used_at(url, credential.id), 1234.5)
+        found, _ = yield store.credential_by_id(credential.id)
+        self.assertEqual(found.last_used_at, 1234.5)
+
+    @defer.inlineCallbacks
+    def test_touches_and_messages_commit_as_one_message(self):
+        """Touches queued with messages ride in front of the messages'
+        shared statement: each batch is one message, committed outside a
+        transaction block (autocommitted), and both the touches and the
+        messages are committed."""
+        batches = []
+        run_batch = postgres._Pool.run_batch
+
+        def recording(pool, batch):
+            batches.append(batch)
+            return run_batch(pool, batch)
+        self.patch(postgres._Pool, "run_batch", recording)
+        url, store, server, (first, second) = yield self.with_credentials(2)
+        yield store.touch_credential(first.id, 1.0)  # the writer has answered just now
+        del batches[:]
+        yield defer.gatherResults([
+            store.touch_credential(first.id, 100.0),
+            _message(store, server, "T00000000001"),
+            store.touch_credential(second.id, 200.0),
+            _message(store, server, "T00000000002"),
+            _message(store, server, "T00000000003"),
+        ])
+        written = sorted(fn.__name__ for batch in batches for fn, _ in batch.writes)
+        self.assertEqual(written, sorted([_touch_credential.__name__] * 2
+                                         + [enqueue_at_once.__name__] * 3))
+        self.assertEqual([b.autocommitted for b in batches], [True] * len(batches))
+        self.assertEqual((_last_used_at(url, first.id), _last_used_at(url, second.id)),
+                         (100.0, 200.0))
+        self.assertEqual(sorted(e.token for e in (yield store.list_entries())),
+                         ["T00000000001", "T00000000002", "T00000000003"])
 
     @defer.inlineCallbacks
     def test_the_writer_compresses_bodies_with_lz4_where_the_server_can(self):
