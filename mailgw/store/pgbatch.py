@@ -15,6 +15,10 @@ last statement's rows come back, which are the write's own. Writes of a kind
 that can share a statement (L{Together}: the enqueues of messages) do, so that
 a batch of messages is two round trips, whatever its size: the writer's round
 trips come one after the other, each waiting for the reactor to come round.
+Most batches take one: a batch that is one shared statement, with blind writes
+(one statement each, answer unread: a credential's last use) in front of it,
+is sent as one message outside a transaction block, which PostgreSQL commits
+as one transaction before it answers (L{Batch._alone}).
 
 The batch as a whole keeps the guarantees of one transaction on the pool
 (L{mailgw.store.postgres}): its deadline is that of its oldest write; a lost
