@@ -252,12 +252,9 @@ class Batch:
                 fn, _ = self.writes[step[0]]
                 gen = self._together[fn].run([self.writes[i][1] for i in step])
                 texts.append(statement_text(gen.send(None)))
-        except Exception:  # a statement could not be made: each the usual way
-            if gen is not None:
-                gen.close()
-            self._begin(cursor, singles, done)
-            return
-        if any(params is None for _, params in texts):  # schema text: no % escaping
+            if any(params is None for _, params in texts):
+                raise ValueError("schema text (no % escaping) cannot be joined")
+        except Exception:  # no one message of them: each the usual way
             if gen is not None:
                 gen.close()
             self._begin(cursor, singles, done)

@@ -123,6 +123,17 @@ class PostgresStoreTests(unittest.TestCase):
         self.addCleanup(store.close)
         return store
 
+    def record_batches(self) -> list:
+        """The batches the writer runs from now on, as it starts each."""
+        batches = []
+        run_batch = postgres._Pool.run_batch
+
+        def recording(pool, batch):
+            batches.append(batch)
+            return run_batch(pool, batch)
+        self.patch(postgres._Pool, "run_batch", recording)
+        return batches
+
     @defer.inlineCallbacks
     def with_credentials(self, count=1, **kw):
         """C{(url, store, server, credentials)}: a started store on a fresh,
@@ -181,25 +192,14 @@ class PostgresStoreTests(unittest.TestCase):
         which cannot be tried again: only on a writer that answered within
         WARM seconds; after longer, the usual way, which can."""
         from twisted.internet import reactor
-        batches = []
-        run_batch = postgres._Pool.run_batch
-
-        def recording(pool, batch):
-            batches.append(batch)
-            return run_batch(pool, batch)
-        self.patch(postgres._Pool, "run_batch", recording)
+        batches = self.record_batches()
         store = yield self.started(self.fresh_url())
         yield store.upgrade()
         yield store.add_organization("acme", "Acme")
         server = yield store.add_server("acme", "web", "Web")
-
-        def message(token):
-            envelope = MessageEnvelope(token, server.id, None, "a@b.example",
-                                       ("r@c.example",), None, "ESMTPA")
-            return store.enqueue(envelope, io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
-        yield message("T00000000001")
+        yield _message(store, server, "T00000000001")
         store._pool.writer_answered_at = reactor.seconds() - postgres._Pool.WARM - 1
-        yield message("T00000000002")
+        yield _message(store, server, "T00000000002")
         self.assertEqual([b.autocommitted for b in batches], [False, False, True, False])
         self.assertEqual(sorted(e.token for e in (yield store.list_entries())),
                          ["T00000000001", "T00000000002"])
@@ -222,13 +222,7 @@ class PostgresStoreTests(unittest.TestCase):
         shared statement: each batch is one message, committed outside a
         transaction block (autocommitted), and both the touches and the
         messages are committed."""
-        batches = []
-        run_batch = postgres._Pool.run_batch
-
-        def recording(pool, batch):
-            batches.append(batch)
-            return run_batch(pool, batch)
-        self.patch(postgres._Pool, "run_batch", recording)
+        batches = self.record_batches()
         url, store, server, (first, second) = yield self.with_credentials(2)
         yield store.touch_credential(first.id, 1.0)  # the writer has answered just now
         del batches[:]
