@@ -195,6 +195,22 @@ class GroupCommitTests(unittest.TestCase):
 original_commit = engine._commit
 
 
+class InlineBodyTests(unittest.SynchronousTestCase):
+    def test_a_body_small_enough_for_the_reactor_thread_is_in_memory(self):
+        """The store reads a small message's body on the reactor thread
+        (no disk there): every body up to that size is one the submission
+        layer has kept in memory, not spooled to a file."""
+        from mailgw.submission.message import IncomingMessage
+        message = IncomingMessage(b"Received: x\r\n", max_size=1 << 30,
+                                  max_header_size=1 << 20, spool_directory=self.mktemp())
+        message.write(b"Subject: s\r\n\r\n")
+        line = b"y" * 998 + b"\r\n"
+        while message.size + len(line) <= engine.INLINE_MESSAGE_BYTES:
+            message.write(line)
+        self.assertGreater(message.size, engine.INLINE_MESSAGE_BYTES - len(line))
+        self.assertFalse(message.spool._rolled)
+
+
 class WriterThreadTests(unittest.TestCase):
     """The writer's thread of one: calls in order, results and failures back
     on the reactor's thread."""
