@@ -332,7 +332,7 @@ class _Session(asyncio.Protocol):
         except ValueError:
             self.end(SMTPError(f"bad reply {line!r}"))
             return
-        if code != self.expected:
+        if code != self.expected or self.step is None:  # None: during STARTTLS
             self.end(SMTPError(f"{self.what}: {line.decode('utf-8', 'replace')}"))
             return
         self.step()

@@ -141,6 +141,15 @@ class RunMessagesTest(unittest.TestCase):
         self.assertGreaterEqual(result.errors, 2)
         self.assertEqual(result.error_samples[0], "SMTPError: RCPT: 550 5.7.1 no thanks")
 
+    def test_a_reply_during_starttls_is_an_error(self):
+        """A line after the 220 to STARTTLS, before the handshake, ends
+        the session with an error (it would be read as plaintext)."""
+        server = ScriptedServer(self.context, STARTTLS=b"220 go ahead\r\n220 sneaked in\r\n")
+        result = drive(server, clients=1, per_connection=1,
+                       message=load.make_message(512), max_messages=1, max_seconds=0.1)
+        self.assertEqual(result.messages, 0)
+        self.assertEqual(result.error_samples[0], "SMTPError: STARTTLS: 220 sneaked in")
+
     def test_silent_server_times_out(self):
         """A final dot that is never answered ends in a timeout error,
         within the reply timeout, not a hang."""
