@@ -1,4 +1,7 @@
-"""The load generator: SMTP submission clients on raw asyncio streams + ssl.
+"""The load generator: SMTP submission clients on asyncio (uvloop when
+installed) + ssl: L{run_messages} drives each connection from one protocol
+object; the stream client L{Client} serves the single large message and the
+idle connections.
 
 Every client does what a real submission client does: greeting, EHLO,
 STARTTLS, EHLO again, AUTH PLAIN (initial response), then per message
@@ -6,7 +9,9 @@ MAIL FROM, RCPT TO, DATA and the body, each command waiting for its reply
 (no pipelining: aiosmtpd does not offer it, and lock-step is the common
 client). The latency measured is that of the final-dot reply: from the moment
 the last byte of the message (the ".") was handed to the transport to the
-moment its "250" was read.
+moment its "250" was read (by L{run_messages}: as the reply's bytes arrive,
+not when a coroutine waiting for them runs again; rows measured before the
+protocol client had the generator's own scheduling in them).
 
 Everything is bounded: in messages (a shared budget), in time (a deadline),
 and each reply by a timeout; nothing retries forever.
@@ -350,17 +355,24 @@ class _Session(asyncio.Protocol):
 
     def _starttls(self):
         self.step = None
-        waiter = asyncio.ensure_future(self.loop.start_tls(
-            self.transport, self, self.run.target.tls, server_hostname=self.run.target.host))
-        waiter.add_done_callback(self._secured)
+        task = asyncio.ensure_future(self._secure())
+        self.run.tasks.add(task)
+        task.add_done_callback(self.run.tasks.discard)
 
-    def _secured(self, waiter):
+    async def _secure(self):
+        if self.done.done() or self.transport.is_closing():
+            return
+        try:
+            transport = await self.loop.start_tls(
+                self.transport, self, self.run.target.tls,
+                ssl_handshake_timeout=CONNECT_TIMEOUT)
+        except Exception as e:  # anything but FAILURES is re-raised by _Run.session
+            self.end(e)
+            return
         if self.done.done():
+            transport.abort()
             return
-        if waiter.cancelled() or waiter.exception() is not None:
-            self.end(waiter.exception() if not waiter.cancelled() else EOFError("TLS cancelled"))
-            return
-        self.transport = waiter.result()
+        self.transport = transport
         self._command(b"EHLO bench.client.test", 250, self._ehlo_secured)
 
     def _ehlo_secured(self):
@@ -405,9 +417,8 @@ class _Session(asyncio.Protocol):
 
     def end(self, error) -> None:
         """Finish with C{error} (C{None}: QUIT answered); drop the connection."""
-        if self.done.done():
-            return
-        self.done.set_result(error)
+        if not self.done.done():  # (cancelled: the run was, and the connection goes too)
+            self.done.set_result(error)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -424,6 +435,7 @@ class _Run:
         self.mail_from = b"MAIL FROM:<" + SENDER.encode() + b">"
         self.rcpt_to = b"RCPT TO:<" + RECIPIENT.encode() + b">"
         self.sessions = set()
+        self.tasks = set()  # the STARTTLS handshakes under way
         if callable(message):
             counter = iter(range(1 << 62))
             self.next_message = lambda: message(next(counter))
@@ -442,7 +454,10 @@ class _Run:
             error = await session.done
         finally:
             self.sessions.discard(session)
+            session.end(asyncio.CancelledError())  # no-op unless cancelled: drop the connection
         if error is not None:
+            if not isinstance(error, FAILURES):
+                raise error  # a bug of ours, not the server's failure
             self.result.failed(error)
             await asyncio.sleep(0.05)
 
@@ -476,6 +491,7 @@ async def run_messages(target: Target, *, clients: int, per_connection: int,
         await asyncio.gather(*(worker() for _ in range(clients)))
     finally:
         watchdog.cancel()
+        await asyncio.gather(watchdog, *run.tasks, return_exceptions=True)
     result.wall = time.perf_counter() - start
     return result
 

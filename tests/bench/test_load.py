@@ -33,8 +33,10 @@ class ScriptedServer:
         C{b""}: hang up).
     """
 
-    def __init__(self, context: ssl.SSLContext, dribble: bool = False, **answers):
+    def __init__(self, context: ssl.SSLContext, dribble: bool = False, hang_up_after=(),
+                 **answers):
         self.context = context
+        self.hang_up_after = hang_up_after
         self.dribble = dribble
         self.sessions = []
         self.bodies = []
@@ -72,11 +74,14 @@ class ScriptedServer:
                     word = "."
                     commands.append(word)
                 answer = self.answers[word]
-                if answer is None:
-                    await asyncio.sleep(3600)
+                if answer is None:  # until the client gives up
+                    await reader.read()
+                    return
                 if not answer:
                     return
                 await self.send(writer, answer)
+                if word in self.hang_up_after:
+                    return
                 if word == "STARTTLS":
                     await writer.start_tls(self.context)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -149,6 +154,26 @@ class RunMessagesTest(unittest.TestCase):
                        message=load.make_message(512), max_messages=1, max_seconds=0.1)
         self.assertEqual(result.messages, 0)
         self.assertEqual(result.error_samples[0], "SMTPError: STARTTLS: 220 sneaked in")
+
+    def test_a_hang_up_instead_of_the_handshake_is_one_quiet_error(self):
+        """A server that answers STARTTLS and hangs up: one error per
+        session, and nothing in asyncio's log (no task left unread)."""
+        server = ScriptedServer(self.context, hang_up_after=("STARTTLS",))
+        with self.assertNoLogs("asyncio", level="ERROR"):
+            result = drive(server, clients=2, per_connection=1,
+                           message=load.make_message(512), max_messages=2, max_seconds=0.2)
+        self.assertEqual(result.messages, 0)
+        self.assertGreaterEqual(result.errors, 2)
+        self.assertEqual(result.connections, 0)
+
+    def test_a_bug_of_the_generator_is_raised_not_counted(self):
+        """An exception of the generator's own (here the message maker's)
+        stops the run instead of passing for a server's failure."""
+        def broken(index):
+            raise KeyError("no message")
+        with self.assertRaises(KeyError):
+            drive(ScriptedServer(self.context), clients=1, per_connection=1, message=broken,
+                  max_messages=1, max_seconds=5)
 
     def test_silent_server_times_out(self):
         """A final dot that is never answered ends in a timeout error,
