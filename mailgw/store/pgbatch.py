@@ -97,6 +97,16 @@ def rows_of(cursor) -> list[tuple]:
             for row in cursor.fetchall()]
 
 
+def _idle(cursor) -> bool:
+    """Whether the session is still there and outside any transaction: a
+    message sent outside a transaction block that failed has been rolled
+    back whole (a deadlock or a lock timeout included), rather than lost
+    with its connection."""
+    connection = cursor.connection
+    return (not connection.closed and connection.get_transaction_status()
+            == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+
+
 def _in_failed_transaction(cursor) -> bool:
     """Whether the session is still there, inside a transaction that one
     statement's error aborted (so that a rollback to a savepoint recovers it),
@@ -171,10 +181,11 @@ class Batch:
         self._lead = ""  # statements to send in front of the next one
         self._savepoint = _NONE
         self._sent = False  # whether the current step has sent a statement
-        #: the batch ran as one statement outside a transaction block
+        #: the batch ran as one message outside a transaction block
         self.autocommitted = False
-        #: whether one shared statement may run alone (L{_alone}): set by
-        #: the pool, for a writer that has just answered
+        #: whether the batch may run as one message outside a transaction
+        #: block (L{_alone}): set by the pool, for an idle writer that has
+        #: just answered
         self.may_commit_alone = True
 
     def execute(self, cursor, sql, params=None):
@@ -184,7 +195,7 @@ class Batch:
     def commit_statement(self) -> str | None:
         """The COMMIT, behind whatever has not been sent yet (a rollback to
         the savepoint, when the last write failed); C{None} when the batch
-        ran as one statement of its own, committed as it returned."""
+        ran as one message of its own, committed as it returned."""
         if self.autocommitted:
             return None
         return self._lead + "COMMIT"
@@ -213,6 +224,8 @@ class Batch:
                 shared = step
             else:
                 return None
+        if shared is None and not blind:
+            return None
         return blind, shared
 
     def _begin(self, cursor, steps, done):
@@ -260,7 +273,8 @@ class Batch:
             self._begin(cursor, singles, done)
             return
         self.started = True
-        d = self.execute(cursor, "; ".join(sql for sql, _ in texts),
+        # a line each: a statement ending in a comment cannot swallow the next
+        d = self.execute(cursor, ";\n".join(sql for sql, _ in texts),
                          tuple(p for _, params in texts for p in params))
 
         def answered(result):
@@ -286,9 +300,7 @@ class Batch:
         def refused(reason):
             if gen is not None:
                 gen.close()
-            connection = cursor.connection
-            if self.expired or connection.closed or not reason.check(psycopg2.Error) \
-                    or reason.check(psycopg2.OperationalError, psycopg2.InterfaceError):
+            if self.expired or not reason.check(psycopg2.Error) or not _idle(cursor):
                 done.errback(reason)  # the batch fails, as a lost session fails it
                 return
             self._begin(cursor, singles, done)

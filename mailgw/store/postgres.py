@@ -124,6 +124,12 @@ class _Connection(txpostgres.Connection):
                 and conn.get_transaction_status()
                 != psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN)
 
+    def idle(self) -> bool:
+        """Alive and outside any transaction block: a message sent now runs
+        as a transaction of its own."""
+        return self.alive() and (self._connection.get_transaction_status()
+                                 == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+
     def connect(self, *args, **kwargs):
         self._ready = False
         d = super().connect(*args, **kwargs)
@@ -255,7 +261,7 @@ class _Pool(txpostgres.ConnectionPool):
         return d.addBoth(self._putBackAndPassthrough, conn)
 
     #: seconds after the writer's last answer during which a batch may
-    #: commit as one statement alone (L{mailgw.store.pgbatch.Batch._alone}):
+    #: commit as one message alone (L{mailgw.store.pgbatch.Batch._alone}):
     #: such a batch cannot be tried again, so a writer idle longer, which may
     #: have died unnoticed, runs its next batch the way that can
     WARM = 5.0
@@ -267,7 +273,7 @@ class _Pool(txpostgres.ConnectionPool):
         its first round trip, as a pooled call is."""
         if self.closed:
             return defer.fail(StoreUnavailable("the store is closed"))
-        batch.may_commit_alone = (self.writer.alive() and self.reactor.seconds()
+        batch.may_commit_alone = (self.writer.idle() and self.reactor.seconds()
                                   - self.writer_answered_at < self.WARM)
         d = self._attempt(self.writer, batch, retry=True)
         d.addCallback(self._writer_answered)

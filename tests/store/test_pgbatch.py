@@ -106,7 +106,7 @@ class _FakeConnection:
     closed = False
 
     def __init__(self):
-        self.status = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        self.status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
     def get_transaction_status(self):
         return self.status
@@ -114,23 +114,30 @@ class _FakeConnection:
 
 class _FakeCursor:
     """Answers every statement at once; one naming a word of C{refuse}
-    fails as a unique violation would (the transaction is then aborted);
-    with C{lose} the session is gone instead."""
+    fails as C{error} would (a unique violation by default): inside a
+    transaction block that transaction is then aborted, outside one the
+    session is idle again; with C{lose} the session is gone instead."""
 
     description = None
 
-    def __init__(self, refuse=(), lose=False):
-        self.sent, self.refuse, self.lose = [], refuse, lose
+    def __init__(self, refuse=(), lose=False, error=psycopg2.IntegrityError):
+        self.sent, self.refuse, self.lose, self.error = [], refuse, lose, error
         self.connection = _FakeConnection()
 
     def execute(self, sql, params=None):
         self.sent.append(sql % tuple(repr(p) for p in params) if params else sql)
+        connection = self.connection
+        if sql.startswith("BEGIN"):
+            connection.status = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
         if any(word in self.sent[-1] for word in self.refuse):
             if self.lose:
-                self.connection.closed = True
+                connection.closed = True
                 return defer.fail(psycopg2.OperationalError("server closed the connection"))
-            self.connection.status = _INERROR
-            return defer.fail(psycopg2.IntegrityError("duplicate key"))
+            if connection.status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                connection.status = _INERROR
+            return defer.fail(self.error("refused"))
+        if sql.endswith("COMMIT"):
+            connection.status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
         return defer.succeed(self)
 
 
@@ -294,7 +301,7 @@ class BlindWriteTests(unittest.SynchronousTestCase):
         results = self.successResultOf(batch(cursor))
         self.assertEqual(results, [(True, None), (True, "a"), (True, None), (True, "b")])
         self.assertEqual(cursor.sent,
-                         ["UPDATE t SET x = 't1'; UPDATE t SET x = 't2'; SELECT 'a+b'"])
+                         ["UPDATE t SET x = 't1';\nUPDATE t SET x = 't2';\nSELECT 'a+b'"])
         self.assertIsNone(batch.commit_statement())
         self.assertTrue(batch.started)
         self.assertTrue(batch.autocommitted)
@@ -303,7 +310,7 @@ class BlindWriteTests(unittest.SynchronousTestCase):
         cursor = _FakeCursor()
         batch = self.batch_of([(_touch, ("t1",)), (_touch, ("t2",))])
         self.assertEqual(self.successResultOf(batch(cursor)), [(True, None), (True, None)])
-        self.assertEqual(cursor.sent, ["UPDATE t SET x = 't1'; UPDATE t SET x = 't2'"])
+        self.assertEqual(cursor.sent, ["UPDATE t SET x = 't1';\nUPDATE t SET x = 't2'"])
         self.assertIsNone(batch.commit_statement())
 
     def test_a_refused_message_runs_each_write_in_its_savepoint(self):
@@ -315,12 +322,23 @@ class BlindWriteTests(unittest.SynchronousTestCase):
         self.assertEqual([ok for ok, _ in results], [False, True, True])
         results[0][1].trap(psycopg2.IntegrityError)
         self.assertEqual(cursor.sent, [
-            "UPDATE t SET x = 'bad'; SELECT 'a+b'",
+            "UPDATE t SET x = 'bad';\nSELECT 'a+b'",
             "BEGIN; SAVEPOINT write; UPDATE t SET x = 'bad'",
             "ROLLBACK TO SAVEPOINT write; SELECT 'a'",
             "RELEASE SAVEPOINT write; SAVEPOINT write; SELECT 'b'",
         ])
         self.assertEqual(batch.commit_statement(), "COMMIT")
+
+    def test_a_deadlock_on_the_message_runs_each_write_in_its_savepoint(self):
+        """A deadlock (or a lock timeout) rolls the whole message back and
+        leaves the session idle: the writes run the usual way, and only the
+        one that meets it again fails, not the batch."""
+        cursor = _FakeCursor(refuse=("bad",), error=psycopg2.errors.DeadlockDetected)
+        batch = self.batch_of([(_touch, ("bad",)), (_select, ("a",))])
+        results = self.successResultOf(batch(cursor))
+        self.assertEqual([ok for ok, _ in results], [False, True])
+        results[0][1].trap(psycopg2.errors.DeadlockDetected)
+        self.assertEqual(cursor.sent[1], "BEGIN; SAVEPOINT write; UPDATE t SET x = 'bad'")
 
     def test_a_blind_write_of_two_statements_runs_the_usual_way(self):
         """Found out before anything is sent: both its statements run, in
@@ -520,7 +538,7 @@ class PostgresGroupCommitTests(unittest.TestCase):
         results[2][1].trap(Conflict)
         del sent[:sent.index("COMMIT") + 1]  # the blocker's
         self.assertTrue(sent[0].startswith("UPDATE credentials SET last_used_at"), sent[0])
-        self.assertIn("; WITH m AS (INSERT INTO messages", sent[0])
+        self.assertIn(";\nWITH m AS (INSERT INTO messages", sent[0])
         self.assertTrue(sent[1].startswith("BEGIN; SAVEPOINT write; UPDATE credentials"), sent)
         self.assertEqual(self.count(f"SELECT last_used_at FROM credentials "
                                     f"WHERE id = {credential.id}"), 42.0)

@@ -205,6 +205,24 @@ class PostgresStoreTests(unittest.TestCase):
                          ["T00000000001", "T00000000002"])
 
     @defer.inlineCallbacks
+    def test_not_one_message_on_a_writer_inside_a_transaction_block(self):
+        """A writer left inside a transaction block would run the message
+        inside it, and nothing would commit it: then the usual way, which
+        ends with COMMIT."""
+        batches = self.record_batches()
+        url, store, server, _ = yield self.with_credentials()
+        yield _message(store, server, "T00000000001")  # warm
+        yield store._pool.writer.runOperation("BEGIN")
+        self.assertTrue(store._pool.writer.alive())
+        self.assertFalse(store._pool.writer.idle())
+        del batches[:]
+        yield _message(store, server, "T00000000002")
+        self.assertEqual([b.autocommitted for b in batches], [False])
+        self.assertTrue(store._pool.writer.idle())
+        self.assertEqual(_select(url, "SELECT token FROM messages ORDER BY token"),
+                         [("T00000000001",), ("T00000000002",)])
+
+    @defer.inlineCallbacks
     def test_touch_credential_is_committed_when_it_fires(self):
         """A credential's touch is committed by the time its Deferred fires:
         a session of its own sees the new last_used_at at once, as the store
