@@ -69,20 +69,29 @@ def _no_sync():
     sqlite._configure = normal
 
 
+def _store_classes():
+    """Every engine's store class: each overrides some writes of the base
+    (SQLite's reactor-side writes, PostgreSQL's shared enqueue), so a lever
+    patches each class, not the base alone."""
+    from mailgw.store.postgres import PostgresStore
+    from mailgw.store.sqlite import SQLiteStore
+    return (SQLiteStore, PostgresStore)
+
+
 @lever("notouch")
 def _no_touch():
     from twisted.internet import defer
-
-    from mailgw.store import base
-    touch = base.Store.touch_credential
     written = {}
 
-    def seldom(self, credential_id, when):
-        if when - written.get(credential_id, float("-inf")) < 60:
-            return defer.succeed(None)
-        written[credential_id] = when
-        return touch(self, credential_id, when)
-    base.Store.touch_credential = seldom
+    def seldom_of(touch):
+        def seldom(self, credential_id, when):
+            if when - written.get(credential_id, float("-inf")) < 60:
+                return defer.succeed(None)
+            written[credential_id] = when
+            return touch(self, credential_id, when)
+        return seldom
+    for cls in _store_classes():
+        cls.touch_credential = seldom_of(cls.touch_credential)
 
 
 @lever("nostore")
@@ -90,14 +99,13 @@ def _no_store():
     import itertools
 
     from twisted.internet import defer
-
-    from mailgw.store import base
     ids = itertools.count(1)
 
     def discard(self, envelope, body):
         body.read()
         return defer.succeed({rcpt: next(ids) for rcpt in envelope.rcpt_to})
-    base.Store.enqueue = discard
+    for cls in _store_classes():
+        cls.enqueue = discard
 
 
 @lever("switch")
