@@ -36,6 +36,7 @@ from twisted.python import failure
 from txpostgres.psycopg2_impl import psycopg2
 
 from mailgw.interfaces import StoreUnavailable
+from mailgw.store.pgpipe import PipelineError
 
 #: the savepoint every write of a batch runs in (one name: the next write
 #: releases the last one's before setting its own)
@@ -187,6 +188,9 @@ class Batch:
         #: block (L{_alone}): set by the pool, for an idle writer that has
         #: just answered
         self.may_commit_alone = True
+        #: the session such a message goes on, its bodies in binary
+        #: (L{mailgw.store.pgpipe}), or C{None}: the writer's, as text
+        self.pipeline = None
 
     def execute(self, cursor, sql, params=None):
         self.current = cursor.execute(sql, params)
@@ -256,16 +260,16 @@ class Batch:
         (as a COMMIT whose answer was lost does) rather than having the pool
         run it again on a new one."""
         singles = [[i] for i in blind] + [[i] for i in step or ()]
-        texts, gen = [], None
+        statements, gen = [], None
         try:
             for i in blind:
                 fn, args = self.writes[i]
-                texts.append(self._blind_statement(i, fn(*args)))
+                statements.append(self._blind_statement(i, fn(*args)))
             if step is not None:
                 fn, _ = self.writes[step[0]]
                 gen = self._together[fn].run([self.writes[i][1] for i in step])
-                texts.append(statement_text(gen.send(None)))
-            if any(params is None for _, params in texts):
+                statements.append(gen.send(None))
+            if any(statement.params is None for statement in statements):
                 raise ValueError("schema text (no % escaping) cannot be joined")
         except Exception:  # no one message of them: each the usual way
             if gen is not None:
@@ -273,9 +277,14 @@ class Batch:
             self._begin(cursor, singles, done)
             return
         self.started = True
-        # a line each: a statement ending in a comment cannot swallow the next
-        d = self.execute(cursor, ";\n".join(sql for sql, _ in texts),
-                         tuple(p for _, params in texts for p in params))
+        pipeline = self.pipeline
+        if pipeline is not None:
+            d = self.current = pipeline.run([(q.sql, tuple(q.params)) for q in statements])
+        else:
+            texts = [statement_text(q) for q in statements]
+            # a line each: a statement ending in a comment cannot swallow the next
+            d = self.execute(cursor, ";\n".join(sql for sql, _ in texts),
+                             tuple(p for _, params in texts for p in params))
 
         def answered(result):
             self.autocommitted = True
@@ -283,7 +292,7 @@ class Batch:
                 done.callback(self.results)
                 return
             try:
-                gen.send(rows_of(result))
+                gen.send(result if pipeline is not None else rows_of(result))
             except StopIteration as stop:
                 for i, value in zip(step, stop.value):
                     self.results[i] = (True, value)
@@ -300,7 +309,11 @@ class Batch:
         def refused(reason):
             if gen is not None:
                 gen.close()
-            if self.expired or not reason.check(psycopg2.Error) or not _idle(cursor):
+            if pipeline is not None:
+                rolled_back = reason.check(PipelineError) and pipeline.idle()
+            else:
+                rolled_back = reason.check(psycopg2.Error) and _idle(cursor)
+            if self.expired or not rolled_back:
                 done.errback(reason)  # the batch fails, as a lost session fails it
                 return
             self._begin(cursor, singles, done)
@@ -315,7 +328,7 @@ class Batch:
             gen.send(None)
         except StopIteration as stop:
             self.results[index] = (True, stop.value)
-            return statement_text(statement)
+            return statement
         gen.close()
         raise AssertionError("a blind write sent a second statement")
 

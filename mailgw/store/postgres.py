@@ -41,10 +41,13 @@ from twisted.python import failure, log
 from txpostgres import txpostgres
 from txpostgres.psycopg2_impl import psycopg2
 
+import psycopg
+
 from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.store.base import Q, Store, _touch_credential, schema_files, split_statements
 from mailgw.store.pgbatch import GroupCommit, TimedOut, rows_of, statement_text
 from mailgw.store.pgenqueue import ENQUEUE_TOGETHER, enqueue_at_once
+from mailgw.store.pgpipe import PipelineError, PipelineSession
 from mailgw.store.webhooks import WebhookOperations
 
 #: seconds a call may take before it fails with StoreUnavailable, when the
@@ -212,7 +215,9 @@ class _Pool(txpostgres.ConnectionPool):
         super().__init__(None, dsn, min=size)
         self.writer = _Writer(self.reactor, self.cooperator)
         self.writer_answered_at = float("-inf")
-        self.every = [*self.connections, self.writer]
+        #: the batches that are one message go here, bodies in binary
+        self.pipeline = PipelineSession(self.reactor, _Writer.session_settings)
+        self.every = [*self.connections, self.writer, self.pipeline]
         self.target = redact(dsn)
         self.closed = False
 
@@ -235,7 +240,8 @@ class _Pool(txpostgres.ConnectionPool):
             if timed_out:
                 raise StoreUnavailable(f"postgresql: no connection to {self.target} "
                                        f"within {timeout:g} s")
-            if isinstance(result, failure.Failure) and result.check(psycopg2.Error):
+            if isinstance(result, failure.Failure) and result.check(psycopg2.Error,
+                                                                    psycopg.Error):
                 raise StoreUnavailable(f"postgresql: cannot connect to {self.target}: "
                                        f"{_first_line(result.value)}")
             return result
@@ -273,11 +279,34 @@ class _Pool(txpostgres.ConnectionPool):
         its first round trip, as a pooled call is."""
         if self.closed:
             return defer.fail(StoreUnavailable("the store is closed"))
-        batch.may_commit_alone = (self.writer.idle() and self.reactor.seconds()
-                                  - self.writer_answered_at < self.WARM)
+        now = self.reactor.seconds()
+        pipeline = self.pipeline
+        if pipeline.idle() and now - pipeline.answered_at < self.WARM:
+            batch.pipeline = pipeline
+        else:
+            batch.pipeline = None
+            self._refresh_pipeline()
+        batch.may_commit_alone = batch.pipeline is not None or (
+            self.writer.idle() and now - self.writer_answered_at < self.WARM)
         d = self._attempt(self.writer, batch, retry=True)
         d.addCallback(self._writer_answered)
         return d
+
+    def _refresh_pipeline(self):
+        """Make the pipeline session ready for a later batch: reconnect it
+        when it died, or have it answer once when it was idle too long."""
+        pipeline = self.pipeline
+        if self.closed or pipeline.busy():
+            return
+        if pipeline.alive():
+            d = pipeline.run([("SELECT 1", ())])
+        else:
+            d = self.ensure(pipeline, DEFAULT_TIMEOUT)
+
+        def failed(reason):
+            log.msg(f"postgresql: pipeline session: {_first_line(reason.value)}")
+            pipeline.close()
+        d.addErrback(failed)
 
     def _writer_answered(self, result):
         self.writer_answered_at = self.reactor.seconds()
@@ -343,9 +372,10 @@ def _first_line(e) -> str:
 def _translate(reason, txn):
     if reason.check(psycopg2.IntegrityError) and not txn.expired:
         raise Conflict(_first_line(reason.value))
-    if reason.check(TimedOut) or (txn.expired and reason.check(psycopg2.Error, *_DISCONNECTS)):
+    if reason.check(TimedOut) or (txn.expired and reason.check(
+            psycopg2.Error, psycopg.Error, PipelineError, *_DISCONNECTS)):
         raise StoreUnavailable(f"postgresql: no answer within {txn.timeout:g} s")
-    if reason.check(psycopg2.Error, *_DISCONNECTS):
+    if reason.check(psycopg2.Error, psycopg.Error, PipelineError, *_DISCONNECTS):
         raise StoreUnavailable(f"postgresql: {_first_line(reason.value)}")
     return reason
 
