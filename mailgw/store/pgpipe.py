@@ -20,6 +20,7 @@ does for psycopg2's asynchronous connections, and libpq runs non-blocking.
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 from twisted.internet import defer, error as ierror
@@ -103,7 +104,9 @@ class PipelineSession:
         self._inode = None
         self._reading = self._writing = False
         self._connecting = None  # the connect Deferred, while it runs
-        self._call = None  # (Deferred, results left, rows, error)
+        self._call = None  # [Deferred, statements it prepared, rows, error]
+        self._prepared = {}  # sql: the name it is prepared under in this session
+        self._names = itertools.count(1)
 
     # -- state ---------------------------------------------------------------
 
@@ -194,19 +197,26 @@ class PipelineSession:
         if self._call is not None:
             return defer.fail(RuntimeError("a call is in flight"))
         pgconn = self._pgconn
+        fresh = []  # statements prepared by this call
         try:
             for sql, params in statements:
+                name = self._prepared.get(sql)
+                if name is None:
+                    # its parameters' types are left to the server, which
+                    # takes them from the casts and the columns
+                    name = self._prepared[sql] = b"mailgw_%d" % next(self._names)
+                    fresh.append(sql)
+                    pgconn.send_prepare(name, to_numbered(sql).encode())
                 tx = Transformer()
                 values = tx.dump_sequence(params, [_format(v) for v in params])
-                pgconn.send_query_params(to_numbered(sql).encode(), values or None,
-                                         tx.types or None, tx.formats or None)
+                pgconn.send_query_prepared(name, values or None, tx.formats or None)
             pgconn.pipeline_sync()
         except Exception:
             f = failure.Failure()
             self.close()  # half a pipeline sent: the session cannot be trusted
             return defer.fail(f)
         d = defer.Deferred(self._cancel)
-        self._call = [d, len(statements), [], None]
+        self._call = [d, fresh, [], None]
         self._flush()
         return d
 
@@ -224,14 +234,17 @@ class PipelineSession:
             call = self._call
             result = pgconn.get_result()
             if result is None:  # the end of one statement's results
-                call[1] -= 1
                 continue
             status = result.status
             if status == _ExecStatus.PIPELINE_SYNC:
                 self._call = None
                 self.answered_at = self.reactor.seconds()
-                d, _, rows, error = call
+                d, fresh, rows, error = call
                 if error is not None:
+                    # a statement prepared by the call may not be there: it is
+                    # prepared again, under a new name, when next sent
+                    for sql in fresh:
+                        self._prepared.pop(sql, None)
                     d.errback(error)
                 else:
                     d.callback(rows)
@@ -257,6 +270,7 @@ class PipelineSession:
         C{ConnectionDone}."""
         self._unwatch()
         pgconn, self._pgconn = self._pgconn, None
+        self._prepared.clear()
         if pgconn is not None:
             pgconn.finish()
         self._fail_pending(failure.Failure(ierror.ConnectionDone("the session was closed")))
@@ -264,6 +278,7 @@ class PipelineSession:
     def _lost(self, reason):
         self._unwatch()
         pgconn, self._pgconn = self._pgconn, None
+        self._prepared.clear()
         if pgconn is not None:
             pgconn.finish()
         if not self._fail_pending(reason):
