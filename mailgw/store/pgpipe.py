@@ -363,7 +363,12 @@ class PipelineSession:
         self._flush()
 
     def connectionLost(self, reason):
-        self._lost(reason)
+        # the reactor has stopped watching (a hang-up it saw)
+        self._reading = self._writing = False
+        if self._connecting is not None:
+            self._connect_step()  # libpq says why, or tries the next address
+        else:
+            self._lost(reason)
 
 
 def _rows(result) -> list[tuple]:

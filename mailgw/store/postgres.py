@@ -207,11 +207,16 @@ class _Pool(txpostgres.ConnectionPool):
 
     connectionFactory = _Connection
 
-    def __init__(self, dsn: str, reactor, size: int):
+    def __init__(self, dsn: str, reactor, size: int, timeout: float = DEFAULT_TIMEOUT):
         """
-        @param size: connections for reads; the writer is one more.
+        @param size: connections for reads; the writer's two sessions are
+            two more.
+        @param timeout: seconds a reconnection of the pipeline session may
+            take.
         """
         self.reactor = reactor
+        self.timeout = timeout
+        self._pipeline_tried_at = float("-inf")
         super().__init__(None, dsn, min=size)
         self.writer = _Writer(self.reactor, self.cooperator)
         self.writer_answered_at = float("-inf")
@@ -248,10 +253,24 @@ class _Pool(txpostgres.ConnectionPool):
         return d.addBoth(finish)
 
     def start(self, timeout):
-        d = defer.gatherResults([self.ensure(c, timeout) for c in self.every],
-                                consumeErrors=True)
+        """Connect every session; fails when one of psycopg2's cannot. The
+        pipeline session connects last, and the pool goes on without it (as
+        text, on the writer) should it fail."""
+        d = defer.gatherResults([self.ensure(c, timeout) for c in self.every
+                                 if c is not self.pipeline], consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+        d.addCallback(lambda _: self._connect_pipeline(timeout))
         return d.addCallback(lambda _: self)
+
+    def _connect_pipeline(self, timeout):
+        self._pipeline_tried_at = self.reactor.seconds()
+        d = self.ensure(self.pipeline, timeout)
+
+        def failed(reason):
+            log.msg(f"postgresql: going on without the pipeline session for now "
+                    f"(messages as text): {_first_line(reason.value)}")
+            self.pipeline.close()
+        return d.addErrback(failed)
 
     def close(self):
         self.closed = True
@@ -293,20 +312,21 @@ class _Pool(txpostgres.ConnectionPool):
         return d
 
     def _refresh_pipeline(self):
-        """Make the pipeline session ready for a later batch: reconnect it
-        when it died, or have it answer once when it was idle too long."""
+        """Make the pipeline session ready for a later batch: have it answer
+        once when it was idle too long, or reconnect it when it died (at
+        most once per L{WARM} seconds)."""
         pipeline = self.pipeline
         if self.closed or pipeline.busy():
             return
-        if pipeline.alive():
-            d = pipeline.run([("SELECT 1", ())])
-        else:
-            d = self.ensure(pipeline, DEFAULT_TIMEOUT)
+        if not pipeline.alive():
+            if self.reactor.seconds() - self._pipeline_tried_at >= self.WARM:
+                self._connect_pipeline(self.timeout)
+            return
 
         def failed(reason):
-            log.msg(f"postgresql: pipeline session: {_first_line(reason.value)}")
+            log.msg(f"postgresql: pipeline session lost: {_first_line(reason.value)}")
             pipeline.close()
-        d.addErrback(failed)
+        pipeline.run([("SELECT 1", ())]).addErrback(failed)
 
     def _writer_answered(self, result):
         self.writer_answered_at = self.reactor.seconds()
@@ -440,7 +460,8 @@ class PostgresStore(WebhookOperations, Store):
     def start(self):
         """Connect the whole pool; fails with StoreUnavailable (and leaves
         nothing open) when the server cannot be reached."""
-        self._pool = _Pool(self.url, self._reactor, max(1, self._pool_size - 1))
+        self._pool = _Pool(self.url, self._reactor, max(1, self._pool_size - 2),
+                           self._timeout)
         self._writes = GroupCommit(self._reactor, self._timeout, self._pool.run_batch,
                                    _translated, {enqueue_at_once: ENQUEUE_TOGETHER},
                                    blind=frozenset({_touch_credential}))

@@ -20,6 +20,7 @@ from mailgw.interfaces import Conflict, NotFound, StoreUnavailable
 from mailgw.model import MessageEnvelope
 from mailgw.store.base import Q
 from mailgw.store.pgbatch import Batch, GroupCommit, TimedOut, Together
+from mailgw.store.pgpipe import PipelineSession
 from mailgw.store.postgres import PostgresStore
 from tests import pgcluster
 from tests.store import postgres_admin, postgres_bindir
@@ -517,32 +518,57 @@ class PostgresGroupCommitTests(unittest.TestCase):
         self.assertEqual(self.count("SELECT count(*) FROM messages"), 7)
 
     @defer.inlineCallbacks
-    def test_a_conflict_in_one_message_undoes_none_of_the_rest(self):
+    def conflict_in_one_message(self):
         """Touches and messages sent as one message, one of the messages a
-        duplicate: nothing of the refused message stays, then the duplicate
-        fails alone and the touches and the other messages commit."""
+        duplicate: C{(statements sent as text on the writer, calls on the
+        pipeline session)} from the moment they are asked for."""
         from mailgw.model import generate_key
         credential = yield self.store.add_credential(("acme", "web"), "smtp", generate_key())
         yield self.store.enqueue(self.envelope("T00000000dup"), io.BytesIO(b"first"))
-        sent = []
+        sent, piped = [], []
         self.patch(Batch, "execute", lambda batch, cursor, sql, params=None: (
             sent.append(sql), cursor.execute(sql, params))[1])
+        run = PipelineSession.run
+        self.patch(PipelineSession, "run", lambda session, statements: (
+            piped.append([sql for sql, _ in statements]), run(session, statements))[1])
         blocker = self.store._run(_organization_in_transaction, "blocker")
         calls = [self.store.touch_credential(credential.id, 42.0),
                  self.store.enqueue(self.envelope("T00000000001"), io.BytesIO(b"one")),
                  self.store.enqueue(self.envelope("T00000000dup"), io.BytesIO(b"again")),
                  self.store.enqueue(self.envelope("T00000000002"), io.BytesIO(b"two"))]
         yield blocker
+        del sent[:sent.index("COMMIT") + 1]  # the blocker's
         results = yield defer.DeferredList(calls, consumeErrors=True)
         self.assertEqual([ok for ok, _ in results], [True, True, False, True])
         results[2][1].trap(Conflict)
-        del sent[:sent.index("COMMIT") + 1]  # the blocker's
-        self.assertTrue(sent[0].startswith("UPDATE credentials SET last_used_at"), sent[0])
-        self.assertIn(";\nWITH m AS (INSERT INTO messages", sent[0])
-        self.assertTrue(sent[1].startswith("BEGIN; SAVEPOINT write; UPDATE credentials"), sent)
         self.assertEqual(self.count(f"SELECT last_used_at FROM credentials "
                                     f"WHERE id = {credential.id}"), 42.0)
         self.assertEqual(self.count("SELECT count(*) FROM messages"), 3)
+        self.assertEqual(self.count("SELECT count(*) FROM message_chunks"), 3)
+        return sent, piped
+
+    @defer.inlineCallbacks
+    def test_a_conflict_in_one_message_undoes_none_of_the_rest(self):
+        """On the pipeline session: nothing of the refused message stays,
+        then on the writer the duplicate fails alone and the touches and the
+        other messages commit."""
+        sent, piped = yield self.conflict_in_one_message()
+        self.assertEqual(len(piped), 1)
+        self.assertTrue(piped[0][0].startswith("UPDATE credentials SET last_used_at"), piped)
+        self.assertTrue(piped[0][1].startswith("WITH m AS (INSERT INTO messages"), piped)
+        self.assertTrue(sent[0].startswith("BEGIN; SAVEPOINT write; UPDATE credentials"), sent)
+
+    @defer.inlineCallbacks
+    def test_a_conflict_in_one_message_of_text_undoes_none_of_the_rest(self):
+        """The same, with the pipeline session away: the message goes on the
+        writer as text."""
+        self.patch(self.store._pool, "_refresh_pipeline", lambda: None)
+        self.store._pool.pipeline.close()
+        sent, piped = yield self.conflict_in_one_message()
+        self.assertEqual(piped, [])
+        self.assertTrue(sent[0].startswith("UPDATE credentials SET last_used_at"), sent[0])
+        self.assertIn(";\nWITH m AS (INSERT INTO messages", sent[0])
+        self.assertTrue(sent[1].startswith("BEGIN; SAVEPOINT write; UPDATE credentials"), sent)
 
     @defer.inlineCallbacks
     def test_no_write_hears_back_before_its_commit(self):

@@ -171,9 +171,9 @@ class PostgresStoreTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_pool_size_counts_the_writer(self):
-        """C{pool_size} connections: one writer and the rest for reads, at
-        least one of those."""
-        for size, expected in ((3, 3), (1, 2)):
+        """C{pool_size} connections: the writer's two sessions and the rest
+        for reads, at least one of those."""
+        for size, expected in ((4, 4), (3, 3), (1, 3)):
             url = self.fresh_url()
             store = yield self.started(url, pool_size=size)
             conn = psycopg2.connect(self.admin)
@@ -199,6 +199,7 @@ class PostgresStoreTests(unittest.TestCase):
         server = yield store.add_server("acme", "web", "Web")
         yield _message(store, server, "T00000000001")
         store._pool.writer_answered_at = reactor.seconds() - postgres._Pool.WARM - 1
+        store._pool.pipeline.answered_at = reactor.seconds() - postgres._Pool.WARM - 1
         yield _message(store, server, "T00000000002")
         self.assertEqual([b.autocommitted for b in batches], [False, False, True, False])
         self.assertEqual(sorted(e.token for e in (yield store.list_entries())),
@@ -211,6 +212,7 @@ class PostgresStoreTests(unittest.TestCase):
         ends with COMMIT."""
         batches = self.record_batches()
         url, store, server, _ = yield self.with_credentials()
+        _without_pipeline(self, store)
         yield _message(store, server, "T00000000001")  # warm
         yield store._pool.writer.runOperation("BEGIN")
         self.assertTrue(store._pool.writer.alive())
@@ -460,3 +462,10 @@ class OutageTests(unittest.TestCase):
         yield store.add_organization("acme", "Acme")
         results = yield defer.gatherResults([store.list_organizations() for _ in range(4)])
         self.assertEqual([len(r) for r in results], [1, 1, 1, 1])
+
+
+def _without_pipeline(case, store):
+    """Have C{store} send its messages as text on the writer, as it does
+    while its pipeline session is away."""
+    case.patch(store._pool, "_refresh_pipeline", lambda: None)
+    store._pool.pipeline.close()
