@@ -139,6 +139,9 @@ class PipelineSession:
             self._connecting = None
             return defer.fail()
         self._pgconn = pgconn
+        # libpq would print the server's notices on standard error; the
+        # statements sent here raise none worth an operator's attention
+        pgconn.notice_handler = _ignore_notice
         if pgconn.status == pq.ConnStatus.BAD:
             self._connect_failed()
             return d
@@ -369,6 +372,10 @@ class PipelineSession:
             self._connect_step()  # libpq says why, or tries the next address
         else:
             self._lost(reason)
+
+
+def _ignore_notice(result) -> None:
+    pass
 
 
 def _rows(result) -> list[tuple]:

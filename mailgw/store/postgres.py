@@ -267,8 +267,9 @@ class _Pool(txpostgres.ConnectionPool):
         d = self.ensure(self.pipeline, timeout)
 
         def failed(reason):
-            log.msg(f"postgresql: going on without the pipeline session for now "
-                    f"(messages as text): {_first_line(reason.value)}")
+            why = _first_line(reason.value).removeprefix("postgresql: ")
+            log.msg(f"postgresql: pipeline session: {why}; messages go on the writer "
+                    f"as text meanwhile")
             self.pipeline.close()
         return d.addErrback(failed)
 

@@ -6,8 +6,9 @@ import io
 import os
 import signal
 
+import psycopg
 import psycopg2
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, task, threads
 from twisted.python import log
 from twisted.trial import unittest
 
@@ -17,6 +18,7 @@ from mailgw.store import open_store, postgres
 from mailgw.store.base import Q, _touch_credential, schema_files
 from mailgw.store.pgbatch import to_pyformat
 from mailgw.store.pgenqueue import enqueue_at_once
+from mailgw.store.pgpipe import PipelineSession
 from mailgw.store.postgres import PostgresStore, redact
 from tests import pgcluster
 from tests.store import postgres_admin, postgres_bindir
@@ -206,6 +208,55 @@ class PostgresStoreTests(unittest.TestCase):
                          ["T00000000001", "T00000000002"])
 
     @defer.inlineCallbacks
+    def test_messages_go_as_text_while_the_pipeline_session_cannot_connect(self):
+        """A pipeline session that cannot connect (a libpq without pipeline
+        mode, say) does not keep the store from starting: it says why, and
+        messages go on the writer as text, one message each."""
+        def refuse(session, dsn):
+            return defer.fail(psycopg.OperationalError("pipeline mode not supported"))
+        self.patch(PipelineSession, "connect", refuse)
+        messages = []
+
+        def observer(event):
+            messages.append(" ".join(map(str, event["message"])))
+        log.addObserver(observer)
+        self.addCleanup(log.removeObserver, observer)
+        batches = self.record_batches()
+        url, store, server, _ = yield self.with_credentials()
+        self.assertIn(f"postgresql: pipeline session: cannot connect to {redact(url)}: "
+                      "pipeline mode not supported; messages go on the writer as text "
+                      "meanwhile", messages)
+        yield _message(store, server, "T00000000001")
+        self.assertEqual([(b.pipeline, b.autocommitted) for b in batches[-1:]], [(None, True)])
+        self.assertEqual(_select(url, "SELECT token FROM messages"), [("T00000000001",)])
+
+    @defer.inlineCallbacks
+    def test_a_lost_pipeline_session_is_replaced_at_most_once_per_warm_period(self):
+        """The server ends the pipeline session: messages go as text, and the
+        session is connected again, though not more often than every WARM
+        seconds; then messages take it again."""
+        from twisted.internet import reactor
+        batches = self.record_batches()
+        url, store, server, _ = yield self.with_credentials()
+        pool = store._pool
+        ((pid,),) = yield pool.pipeline.run([("SELECT pg_backend_pid()", ())])
+        _select(url, "SELECT pg_terminate_backend(%s)", (pid,))
+        while pool.pipeline.alive():
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield _message(store, server, "T00000000001")  # tried at start, just now
+        self.assertIsNone(batches[-1].pipeline)
+        self.assertFalse(pool.pipeline.busy() or pool.pipeline.alive())
+        pool._pipeline_tried_at -= pool.WARM
+        yield _message(store, server, "T00000000002")  # starts the reconnection
+        self.assertIsNone(batches[-1].pipeline)
+        while not pool.pipeline.idle():
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield _message(store, server, "T00000000003")
+        self.assertIs(batches[-1].pipeline, pool.pipeline)
+        self.assertEqual(_select(url, "SELECT token FROM messages ORDER BY token"),
+                         [("T00000000001",), ("T00000000002",), ("T00000000003",)])
+
+    @defer.inlineCallbacks
     def test_not_one_message_on_a_writer_inside_a_transaction_block(self):
         """A writer left inside a transaction block would run the message
         inside it, and nothing would commit it: then the usual way, which
@@ -277,6 +328,16 @@ class PostgresStoreTests(unittest.TestCase):
         expected = "lz4" if row and row[0] else "pglz"
         self.assertEqual((yield store._run(_setting, "default_toast_compression")), expected)
         self.assertEqual((yield store._read(_setting, "default_toast_compression")), "pglz")
+        # a message's body, stored by the pipeline session
+        yield store.upgrade()
+        yield store.add_organization("acme", "Acme")
+        server = yield store.add_server("acme", "web", "Web")
+        yield store._pool.pipeline.run([("SELECT 1", ())])
+        envelope = MessageEnvelope("T00000000001", server.id, None, "a@b.example",
+                                   ("r@c.example",), None, "ESMTPA")
+        yield store.enqueue(envelope, io.BytesIO(b"Subject: x\r\n\r\n" + b"line\r\n" * 2000))
+        self.assertEqual(_select(url, "SELECT pg_column_compression(data) FROM message_chunks"),
+                         [(expected,)])
 
     @defer.inlineCallbacks
     def test_a_setting_the_server_refuses_is_done_without(self):

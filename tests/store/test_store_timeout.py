@@ -171,3 +171,34 @@ class PostgresLockTests(unittest.TestCase):
         yield self.store.add_organization("third", "Third")
         self.assertEqual([o.permalink for o in (yield self.store.list_organizations())],
                          ["third"])
+
+    @defer.inlineCallbacks
+    def test_a_message_waiting_on_the_pipeline_session_fails_within_the_timeout(self):
+        """A batch of messages on the pipeline session waits for a lock: at
+        its deadline the statement is cancelled and the session hung up, the
+        caller hears StoreUnavailable in time, nothing of it is stored, and
+        the next message is stored."""
+        import io
+        from mailgw.model import MessageEnvelope
+        yield self.store.add_organization("acme", "Acme")
+        server = yield self.store.add_server("acme", "web", "Web")
+        pipeline = self.store._pool.pipeline
+        yield pipeline.run([("SELECT 1", ())])  # warm: the message goes there
+
+        def message(token):
+            envelope = MessageEnvelope(token, server.id, None, "a@b.example",
+                                       ("r@c.example",), None, "ESMTPA")
+            return self.store.enqueue(envelope, io.BytesIO(b"body"))
+        self.holder.cursor().execute("LOCK TABLE messages IN EXCLUSIVE MODE")
+        (ok, failure), took = yield timed(message("T00000000001"))
+        self.assertFalse(ok)
+        failure.trap(StoreUnavailable)
+        self.assertIn(f"no answer within {TIMEOUT:g} s", str(failure.value))
+        self.assertTrue(TIMEOUT * 0.8 <= took < TIMEOUT + SLACK, took)
+        self.assertFalse(pipeline.alive())
+        self.holder.rollback()
+        yield message("T00000000002")
+        cur = self.holder.cursor()
+        cur.execute("SELECT token FROM messages")
+        self.assertEqual(cur.fetchall(), [("T00000000002",)])
+        self.holder.rollback()
