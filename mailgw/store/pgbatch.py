@@ -18,7 +18,10 @@ trips come one after the other, each waiting for the reactor to come round.
 Most batches take one: a batch that is one shared statement, with blind writes
 (one statement each, answer unread: a credential's last use) in front of it,
 is sent as one message outside a transaction block, which PostgreSQL commits
-as one transaction before it answers (L{Batch._alone}).
+as one transaction before it answers (L{Batch._alone}). That message goes on
+the pipeline session (L{mailgw.store.pgpipe}), whose parameters travel apart
+from the statements, bodies in binary; while that session is away, on the
+writer, as text.
 
 The batch as a whole keeps the guarantees of one transaction on the pool
 (L{mailgw.store.postgres}): its deadline is that of its oldest write; a lost
@@ -258,7 +261,12 @@ class Batch:
         The message commits in its first round trip: the batch counts as
         started as it is sent, so that a connection lost meanwhile fails it
         (as a COMMIT whose answer was lost does) rather than having the pool
-        run it again on a new one."""
+        run it again on a new one.
+
+        With a pipeline session (L{pipeline}), the statements go there, one
+        pipeline and one Sync, which PostgreSQL likewise runs as one
+        transaction committed before it answers; else on the writer, joined
+        in one simple-query message."""
         singles = [[i] for i in blind] + [[i] for i in step or ()]
         statements, gen = [], None
         try:

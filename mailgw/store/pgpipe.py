@@ -154,8 +154,12 @@ class PipelineSession:
         pgconn = self._pgconn
         state = pgconn.connect_poll()
         if state == pq.PollingStatus.OK:
-            pgconn.nonblocking = 1
-            pgconn.enter_pipeline_mode()
+            try:
+                pgconn.nonblocking = 1
+                pgconn.enter_pipeline_mode()  # libpq 14 on
+            except Exception as e:
+                self._connect_failed(str(e))
+                return
             self._watch(read=True, write=False)
             d, self._connecting = self._connecting, None
             d.callback(None)
@@ -165,8 +169,8 @@ class PipelineSession:
             self._watch(read=state == pq.PollingStatus.READING,
                         write=state == pq.PollingStatus.WRITING)
 
-    def _connect_failed(self):
-        message = _first_line(self._pgconn.error_message) or "connection failed"
+    def _connect_failed(self, why: str = ""):
+        message = _first_line(why or self._pgconn.error_message) or "connection failed"
         d, self._connecting = self._connecting, None
         self.close()
         d.errback(OperationalError(message))

@@ -5,9 +5,13 @@ Deferred. A read runs inside one transaction (C{BEGIN READ ONLY}) on a pooled
 connection. Writes queue up and are committed in batches on one more
 connection, the writer, each in a savepoint of its own (group commit, see
 L{mailgw.store.pgbatch}): one COMMIT, one WAL flush, for every write that
-arrived while the previous batch ran. The pool is txpostgres'
-C{ConnectionPool} taught three things it lacks, and the writer has them too
-(a batch is run as one transaction is):
+arrived while the previous batch ran. A batch that is one message (the
+messages queued meanwhile, and credentials' last use) goes on a session of
+its own instead, the pipeline session (L{mailgw.store.pgpipe}: libpq through
+psycopg 3, bodies as binary parameters, which psycopg2 cannot send); it is
+the writer's second half, and while it is away such batches go on the writer
+as text. The pool is txpostgres' C{ConnectionPool} taught three things it
+lacks, and the writer has them too (a batch is run as one transaction is):
 
   - a dead connection (server restart, network loss, a timed-out call) is
     replaced by a new one on its next use, so the store recovers by itself;
@@ -440,8 +444,9 @@ class PostgresStore(WebhookOperations, Store):
                  timeout: float = DEFAULT_TIMEOUT):
         """
         @param url: a libpq connection URL, handed over as is.
-        @param pool_size: connections to the server: one writer, and the
-            rest (at least one) for reads.
+        @param pool_size: connections to the server: the writer's two
+            sessions (L{_Writer} and L{PipelineSession}), and the rest (at
+            least one) for reads.
         @param timeout: seconds a call (or a connection attempt) may take: at
             that deadline the statement in flight is cancelled and the call
             fails with L{StoreUnavailable} (an upgrade gets at least
