@@ -191,8 +191,9 @@ class PostgresStoreTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_messages_commit_alone_only_on_a_writer_that_just_answered(self):
         """A batch of messages may be one statement outside a transaction,
-        which cannot be tried again: only on a writer that answered within
-        WARM seconds; after longer, the usual way, which can."""
+        which cannot be tried again: only on a session that answered within
+        WARM seconds; after longer, the usual way, which can, while the
+        pipeline session is asked to answer once, for the next batch."""
         from twisted.internet import reactor
         batches = self.record_batches()
         store = yield self.started(self.fresh_url())
@@ -200,12 +201,18 @@ class PostgresStoreTests(unittest.TestCase):
         yield store.add_organization("acme", "Acme")
         server = yield store.add_server("acme", "web", "Web")
         yield _message(store, server, "T00000000001")
+        pipeline = store._pool.pipeline
         store._pool.writer_answered_at = reactor.seconds() - postgres._Pool.WARM - 1
-        store._pool.pipeline.answered_at = reactor.seconds() - postgres._Pool.WARM - 1
+        pipeline.answered_at = reactor.seconds() - postgres._Pool.WARM - 1
         yield _message(store, server, "T00000000002")
-        self.assertEqual([b.autocommitted for b in batches], [False, False, True, False])
+        while not pipeline.idle():
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertLess(reactor.seconds() - pipeline.answered_at, postgres._Pool.WARM)
+        yield _message(store, server, "T00000000003")
+        self.assertEqual([b.autocommitted for b in batches], [False, False, True, False, True])
+        self.assertEqual([b.pipeline is pipeline for b in batches[2:]], [True, False, True])
         self.assertEqual(sorted(e.token for e in (yield store.list_entries())),
-                         ["T00000000001", "T00000000002"])
+                         ["T00000000001", "T00000000002", "T00000000003"])
 
     @defer.inlineCallbacks
     def test_messages_go_as_text_while_the_pipeline_session_cannot_connect(self):
