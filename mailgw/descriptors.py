@@ -57,9 +57,11 @@ def budget(config: Config) -> DescriptorBudget:
             for i, listener in enumerate(config.listeners)]
     if config.http_api is not None:
         caps.append(("http_api.max_connections", config.http_api.max_connections))
-    # PostgreSQL: the pool, of at least one reader and the writer
+    # PostgreSQL: the pool, of at least one reader and the writer's two
+    # sessions, and one more for the duplicate of the pipeline session's
+    # socket that the reactor watches
     store = (SQLITE_DESCRIPTORS if config.database.url.startswith("sqlite:")
-             else max(2, config.database.pool_size))
+             else max(3, config.database.pool_size) + 1)
     relay = config.relay.concurrency if config.relay.enabled else 0
     return DescriptorBudget(tuple(caps), RESERVE + store + relay)
 

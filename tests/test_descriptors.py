@@ -58,11 +58,14 @@ class BudgetTests(unittest.SynchronousTestCase):
         self.assertEqual(needed.caps, (("listeners[0].max_connections", 1000),
                                        ("listeners[1].max_connections", 500),
                                        ("http_api.max_connections", 200)))
-        self.assertEqual(needed.reserve, RESERVE + 4 + 10)
-        self.assertEqual(needed.total, 1700 + RESERVE + 14)
+        self.assertEqual(needed.reserve, RESERVE + 5 + 10)
+        self.assertEqual(needed.total, 1700 + RESERVE + 15)
 
-    def test_a_postgresql_pool_of_one_is_a_reader_and_the_writer(self):
-        self.assertEqual(budget(gateway(100, pool_size=1, relay=False)).reserve, RESERVE + 2)
+    def test_a_postgresql_pool_of_one_is_a_reader_and_the_writers_two_sessions(self):
+        """Three connections, and the duplicate of the pipeline session's
+        socket."""
+        self.assertEqual(budget(gateway(100, pool_size=1, relay=False)).reserve, RESERVE + 4)
+        self.assertEqual(budget(gateway(100, pool_size=6, relay=False)).reserve, RESERVE + 7)
 
     def test_sqlite_no_api_no_relay(self):
         needed = budget(gateway(100, url="sqlite:/x.sqlite3", relay=False))
@@ -121,9 +124,9 @@ class RaiseLimitTests(unittest.SynchronousTestCase):
         fake = FakeResource(256, 1024)
         warning = check_descriptors(gateway(1000, api=50, relay=False), fake)
         self.assertEqual(self.lines(LogLevel.warn), [warning])
-        self.assertIn("need up to 1118 file descriptors", warning)
+        self.assertIn("need up to 1119 file descriptors", warning)
         self.assertIn("open files limit is 1024", warning)
-        self.assertIn("by 94 in all", warning)
+        self.assertIn("by 95 in all", warning)
 
     def test_check_is_quiet_when_everything_fits(self):
         self.assertIsNone(check_descriptors(gateway(100), FakeResource(4096, 4096)))

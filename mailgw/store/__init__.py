@@ -15,8 +15,8 @@ def open_store(url: str, reactor, pool_size: int = 4,
 
     Call C{start()} (a Deferred) before use and C{close()} after.
 
-    @param pool_size: connections to PostgreSQL: one writer and the rest
-        (at least one) for reads (SQLite has its own few).
+    @param pool_size: connections to PostgreSQL: the writer's two sessions
+        and the rest (at least one) for reads (SQLite has its own few).
     @param store_timeout: seconds an operation may wait (a SQLite file locked
         by another process, a PostgreSQL server that does not answer) before
         it fails with L{mailgw.interfaces.StoreUnavailable}, which clients

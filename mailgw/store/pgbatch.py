@@ -188,16 +188,23 @@ class Batch:
         #: the batch ran as one message outside a transaction block
         self.autocommitted = False
         #: whether the batch may run as one message outside a transaction
-        #: block (L{_alone}): set by the pool, for an idle writer that has
-        #: just answered
+        #: block (L{_alone}) on the writer, as text: set by the pool, for an
+        #: idle writer that has just answered
         self.may_commit_alone = True
-        #: the session such a message goes on, its bodies in binary
-        #: (L{mailgw.store.pgpipe}), or C{None}: the writer's, as text
+        #: the session such a message goes on first, its bodies in binary
+        #: (L{mailgw.store.pgpipe}): set by the pool, for a pipeline session
+        #: that has just answered; or C{None}
         self.pipeline = None
+        #: whether a statement of the batch went on the writer
+        self.on_writer = False
 
     def execute(self, cursor, sql, params=None):
+        self.on_writer = True
         self.current = cursor.execute(sql, params)
         return self.current
+
+    def _pipeline_ready(self) -> bool:
+        return self.pipeline is not None and self.pipeline.idle()
 
     def commit_statement(self) -> str | None:
         """The COMMIT, behind whatever has not been sent yet (a rollback to
@@ -212,7 +219,8 @@ class Batch:
         self.autocommitted = False
         steps = self._steps()
         done = defer.Deferred()
-        plan = self._one_message(steps) if self.may_commit_alone else None
+        alone = self.may_commit_alone or self._pipeline_ready()
+        plan = self._one_message(steps) if alone else None
         if plan is not None:
             self._alone(cursor, *plan, done)
         else:
@@ -268,6 +276,11 @@ class Batch:
         transaction committed before it answers; else on the writer, joined
         in one simple-query message."""
         singles = [[i] for i in blind] + [[i] for i in step or ()]
+        # the pipeline session may have gone while the writer got ready
+        pipeline = self.pipeline if self._pipeline_ready() else None
+        if pipeline is None and not self.may_commit_alone:
+            self._begin(cursor, singles, done)
+            return
         statements, gen = [], None
         try:
             for i in blind:
@@ -285,7 +298,6 @@ class Batch:
             self._begin(cursor, singles, done)
             return
         self.started = True
-        pipeline = self.pipeline
         if pipeline is not None:
             d = self.current = pipeline.run([(q.sql, tuple(q.params)) for q in statements])
         else:
@@ -324,10 +336,13 @@ class Batch:
             if self.expired or not rolled_back:
                 done.errback(reason)  # the batch fails, as a lost session fails it
                 return
+            # nothing of it stays: should the writer turn out dead at its
+            # first round trip, the pool may run the batch again
+            self.started = False
             self._begin(cursor, singles, done)
         d.addCallbacks(answered, refused)
 
-    def _blind_statement(self, index, gen) -> tuple[str, tuple]:
+    def _blind_statement(self, index, gen):
         """The one statement of a blind write, its result noted now (it does
         not depend on the answer); raises when the write is not one
         statement."""

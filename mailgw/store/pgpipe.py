@@ -29,6 +29,7 @@ from twisted.python import failure, log
 from zope.interface import implementer
 
 from psycopg import OperationalError, pq
+from psycopg.conninfo import make_conninfo
 from psycopg.adapt import PyFormat, Transformer
 
 _ExecStatus = pq.ExecStatus
@@ -134,7 +135,10 @@ class PipelineSession:
         self.close()
         d = self._connecting = defer.Deferred()
         try:
-            pgconn = pq.PGconn.connect_start(dsn.encode())
+            # text goes both ways as UTF-8, whatever the URL or the
+            # environment says (the Transformer has no session to ask)
+            conninfo = make_conninfo(dsn, client_encoding="UTF8")
+            pgconn = pq.PGconn.connect_start(conninfo.encode())
         except Exception:
             self._connecting = None
             return defer.fail()
@@ -237,11 +241,20 @@ class PipelineSession:
 
     def _collect(self):
         pgconn = self._pgconn
+        ended = False  # the last result was the end of a statement's results
         while self._call is not None and not pgconn.is_busy():
             call = self._call
             result = pgconn.get_result()
             if result is None:  # the end of one statement's results
+                if ended or pgconn.status != pq.ConnStatus.OK:
+                    # nothing more will come (libpq lost its place in the
+                    # pipeline, or the session): never a Sync to wait for
+                    self._lost(failure.Failure(OperationalError(
+                        _first_line(pgconn.error_message) or "pipeline out of step")))
+                    return
+                ended = True
                 continue
+            ended = False
             status = result.status
             if status == _ExecStatus.PIPELINE_SYNC:
                 self._call = None
@@ -250,13 +263,17 @@ class PipelineSession:
                 if error is not None:
                     # a statement prepared by the call may not be there: it is
                     # prepared again, under a new name, when next sent
-                    for sql in fresh:
+                    forget = self._prepared if _stale_statements(error) else fresh
+                    for sql in list(forget):
                         self._prepared.pop(sql, None)
                     d.errback(error)
                 else:
                     d.callback(rows)
             elif status in _OK:
-                call[2] = _rows(result)
+                try:
+                    call[2] = _rows(result)
+                except Exception:  # committed, perhaps, but not understood
+                    call[3] = call[3] or failure.Failure()
             elif call[3] is None:  # the first refusal; the rest is skipped
                 call[3] = _error(result)
 
@@ -264,6 +281,8 @@ class PipelineSession:
         """A deadline: ask the server to stop, and hang up (the server rolls
         back what the pipeline has not committed)."""
         if self._pgconn is not None:
+            log.msg("postgresql: pipeline session: no answer by the deadline; "
+                    "statement cancelled, session closed")
             try:
                 self._pgconn.get_cancel().cancel()
             except Exception as e:
@@ -288,8 +307,8 @@ class PipelineSession:
         self._prepared.clear()
         if pgconn is not None:
             pgconn.finish()
-        if not self._fail_pending(reason):
-            log.msg(f"postgresql: idle pipeline session lost: {_first_line(str(reason.value))}")
+        state = "during a call" if self._fail_pending(reason) else "while idle"
+        log.msg(f"postgresql: pipeline session lost {state}: {_first_line(str(reason.value))}")
 
     def _fail_pending(self, reason) -> bool:
         pending = False
@@ -353,6 +372,9 @@ class PipelineSession:
         return "PipelineSession"
 
     def doRead(self):
+        # the reactor may call doWrite after a doRead that closed the session
+        if self._pgconn is None:
+            return
         if self._connecting is not None:
             self._connect_step()
             return
@@ -364,6 +386,8 @@ class PipelineSession:
         self._collect()
 
     def doWrite(self):
+        if self._pgconn is None:
+            return
         if self._connecting is not None:
             self._connect_step()
             return
@@ -376,6 +400,13 @@ class PipelineSession:
             self._connect_step()  # libpq says why, or tries the next address
         else:
             self._lost(reason)
+
+
+def _stale_statements(error) -> bool:
+    """Whether C{error} says the session's prepared statements are gone or
+    no longer fit (a pooler between, C{DISCARD ALL}, a table changed under
+    them): every one is prepared again."""
+    return getattr(error, "sqlstate", None) in ("26000", "0A000")
 
 
 def _ignore_notice(result) -> None:

@@ -221,6 +221,7 @@ class _Pool(txpostgres.ConnectionPool):
         self.reactor = reactor
         self.timeout = timeout
         self._pipeline_tried_at = float("-inf")
+        self._pipeline_failing = False
         super().__init__(None, dsn, min=size)
         self.writer = _Writer(self.reactor, self.cooperator)
         self.writer_answered_at = float("-inf")
@@ -267,15 +268,26 @@ class _Pool(txpostgres.ConnectionPool):
         return d.addCallback(lambda _: self)
 
     def _connect_pipeline(self, timeout):
+        """(Re)connect the pipeline session; says so in the log when that
+        fails for the first time and when it works again."""
+        if self.closed:
+            return defer.succeed(None)
         self._pipeline_tried_at = self.reactor.seconds()
         d = self.ensure(self.pipeline, timeout)
 
+        def connected(_):
+            if self._pipeline_failing:
+                self._pipeline_failing = False
+                log.msg("postgresql: pipeline session connected again")
+
         def failed(reason):
-            why = _first_line(reason.value).removeprefix("postgresql: ")
-            log.msg(f"postgresql: pipeline session: {why}; messages go on the writer "
-                    f"as text meanwhile")
             self.pipeline.close()
-        return d.addErrback(failed)
+            if not self._pipeline_failing:
+                self._pipeline_failing = True
+                why = _first_line(reason.value).removeprefix("postgresql: ")
+                log.msg(f"postgresql: pipeline session: {why}; messages go on the writer "
+                        f"as text meanwhile")
+        return d.addCallbacks(connected, failed)
 
     def close(self):
         self.closed = True
@@ -290,9 +302,9 @@ class _Pool(txpostgres.ConnectionPool):
         d = self._attempt(conn, txn, retry=True)
         return d.addBoth(self._putBackAndPassthrough, conn)
 
-    #: seconds after the writer's last answer during which a batch may
-    #: commit as one message alone (L{mailgw.store.pgbatch.Batch._alone}):
-    #: such a batch cannot be tried again, so a writer idle longer, which may
+    #: seconds after a session's last answer during which a batch may
+    #: commit on it as one message alone (L{mailgw.store.pgbatch.Batch._alone}):
+    #: such a batch cannot be tried again, so a session idle longer, which may
     #: have died unnoticed, runs its next batch the way that can
     WARM = 5.0
 
@@ -300,7 +312,8 @@ class _Pool(txpostgres.ConnectionPool):
         """Run a L{mailgw.store.pgbatch.Batch} on the writer, one at a time
         (the caller waits for each); the writer is reconnected first when it
         died, and the batch tried once more when the writer is found dead at
-        its first round trip, as a pooled call is."""
+        its first round trip, as a pooled call is. A pipeline session that
+        answered lately goes with it, for a batch that is one message."""
         if self.closed:
             return defer.fail(StoreUnavailable("the store is closed"))
         now = self.reactor.seconds()
@@ -310,31 +323,39 @@ class _Pool(txpostgres.ConnectionPool):
         else:
             batch.pipeline = None
             self._refresh_pipeline()
-        batch.may_commit_alone = batch.pipeline is not None or (
-            self.writer.idle() and now - self.writer_answered_at < self.WARM)
+        batch.may_commit_alone = (self.writer.idle()
+                                  and now - self.writer_answered_at < self.WARM)
         d = self._attempt(self.writer, batch, retry=True)
-        d.addCallback(self._writer_answered)
+        d.addCallback(self._writer_answered, batch)
         return d
 
     def _refresh_pipeline(self):
         """Make the pipeline session ready for a later batch: have it answer
-        once when it was idle too long, or reconnect it when it died (at
-        most once per L{WARM} seconds)."""
+        once when it was idle too long (within the store timeout), or
+        reconnect it when it died, at most once per L{WARM} seconds (on the
+        reactor's next turn: never inside one of the session's own
+        callbacks)."""
         pipeline = self.pipeline
         if self.closed or pipeline.busy():
             return
         if not pipeline.alive():
             if self.reactor.seconds() - self._pipeline_tried_at >= self.WARM:
-                self._connect_pipeline(self.timeout)
+                self._pipeline_tried_at = self.reactor.seconds()
+                self.reactor.callLater(0, self._connect_pipeline, self.timeout)
             return
+        d = pipeline.run([("SELECT 1", ())])
+        timer = self.reactor.callLater(self.timeout, d.cancel)
 
-        def failed(reason):
-            log.msg(f"postgresql: pipeline session lost: {_first_line(reason.value)}")
-            pipeline.close()
-        pipeline.run([("SELECT 1", ())]).addErrback(failed)
+        def answered(result):
+            if timer.active():
+                timer.cancel()
+            if isinstance(result, failure.Failure):
+                pipeline.close()
+        d.addBoth(answered)
 
-    def _writer_answered(self, result):
-        self.writer_answered_at = self.reactor.seconds()
+    def _writer_answered(self, result, batch):
+        if batch.on_writer:
+            self.writer_answered_at = self.reactor.seconds()
         return result
 
     def _attempt(self, conn, txn, retry):

@@ -14,6 +14,8 @@ from tests.store import postgres_admin
 
 
 class NumberedTests(unittest.SynchronousTestCase):
+    """C{?} placeholders become the protocol's numbered ones."""
+
     def test_placeholders_are_numbered_in_order(self):
         self.assertEqual(to_numbered("SELECT ?, ? FROM t WHERE a = ?"),
                          "SELECT $1, $2 FROM t WHERE a = $3")
@@ -74,7 +76,8 @@ class PipelineSessionTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_the_statements_of_a_call_commit_together(self):
         """A call's statements run as one transaction, committed before the
-        answer: another session sees all of them at once."""
+        answer: another session sees both rows by then (that a refusal takes
+        all of them back is the next test's)."""
         rows = yield self.session.run([
             ("INSERT INTO t VALUES (?, ?)", ("a", b"\x00one")),
             ("INSERT INTO t VALUES (?, ?) RETURNING k", ("b", b"two"))])
@@ -147,6 +150,59 @@ class PipelineSessionTests(unittest.TestCase):
         self.assertEqual((yield other.run([("SELECT 2", ())])), [(2,)])
 
     @defer.inlineCallbacks
+    def test_the_session_lost_while_a_large_call_is_sent_fails_the_call(self):
+        """The server ends the session while libpq still sends a large call:
+        the call fails, and nothing escapes into the reactor (trial fails a
+        test on any error logged meanwhile)."""
+        ((pid,),) = yield self.backend_pid()
+        d = self.session.run([("SELECT count(*) FROM unnest(?::bytea[])",
+                               ([b"x" * (1 << 20)] * 32,))])
+        _admin_query(self.url, "SELECT pg_terminate_backend(%s)", (pid,))
+        yield self.assertFailure(d, Exception)
+        self.assertFalse(self.session.alive())
+        self.assertNotIn(self.session, _descriptors())
+
+    @defer.inlineCallbacks
+    def test_text_is_utf8_whatever_the_url_asks_for(self):
+        """A URL asking for another client encoding does not change what the
+        session sends and reads: UTF-8, as the Python side encodes it."""
+        session = PipelineSession(reactor)
+        self.addCleanup(session.close)
+        yield session.connect(self.url + "?client_encoding=LATIN1")
+        rows = yield session.run([("SELECT current_setting('client_encoding')", ())])
+        self.assertEqual(rows, [("UTF8",)])
+        yield session.run([("INSERT INTO t VALUES (?, ?)", ("josé@bücher.example", b""))])
+        self.assertEqual(_admin_query(self.url, "SELECT k FROM t"), [("josé@bücher.example",)])
+
+    @defer.inlineCallbacks
+    def test_a_libpq_out_of_step_fails_the_call_instead_of_spinning(self):
+        """Should libpq have nothing more to give and no Sync to come (it lost
+        its place in the pipeline), the call fails and the session is closed,
+        rather than the reactor asking forever."""
+        real = self.session._pgconn
+        d = self.session.run([("SELECT 1", ())])
+
+        class OutOfStep:
+            status = real.status
+            error_message = b""
+
+            def is_busy(self):
+                return 0
+
+            def get_result(self):
+                return None
+
+            def finish(self):
+                real.finish()
+        self.session._pgconn = OutOfStep()
+        self.session._collect()
+        error = yield self.assertFailure(d, Exception)
+        self.assertIn("pipeline out of step", str(error))
+        self.assertFalse(self.session.alive())
+        self.assertNotIn(self.session, _descriptors())
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
     def test_the_session_lost_during_a_call_fails_the_call(self):
         ((pid,),) = yield self.backend_pid()
         d = self.session.run([("SELECT pg_sleep(30)", ())])
@@ -186,6 +242,8 @@ class PipelineSessionTests(unittest.TestCase):
 
 
 class ConnectFailureTests(unittest.TestCase):
+    """Connecting where no server answers."""
+
     @defer.inlineCallbacks
     def test_nothing_listening_fails_with_libpqs_reason_and_leaves_nothing(self):
         probe = socket.socket()
@@ -199,6 +257,17 @@ class ConnectFailureTests(unittest.TestCase):
         self.assertIn("127.0.0.1", str(error))
         self.assertFalse(session.alive())
         self.assertNotIn(session, _descriptors())
+
+    @defer.inlineCallbacks
+    def test_the_password_stays_out_of_the_reason(self):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        session = PipelineSession(reactor)
+        error = yield self.assertFailure(
+            session.connect(f"postgresql://u:s3cret-pw@127.0.0.1:{port}/db"), Exception)
+        self.assertNotIn("s3cret-pw", str(error))
 
     def test_a_malformed_url_fails_at_once(self):
         session = PipelineSession(reactor)
