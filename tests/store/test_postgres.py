@@ -12,7 +12,7 @@ from twisted.internet import defer, protocol, task, threads
 from twisted.python import log
 from twisted.trial import unittest
 
-from mailgw.interfaces import StoreUnavailable
+from mailgw.interfaces import Conflict, StoreUnavailable
 from mailgw.model import MessageEnvelope, generate_key
 from mailgw.store import open_store, postgres
 from mailgw.store.base import Q, _touch_credential, schema_files
@@ -250,7 +250,8 @@ class PostgresStoreTests(unittest.TestCase):
         _select(url, "SELECT pg_terminate_backend(%s)", (pid,))
         while pool.pipeline.alive():
             yield task.deferLater(reactor, 0.01, lambda: None)
-        yield _message(store, server, "T00000000001")  # tried at start, just now
+        pool._pipeline_tried_at = reactor.seconds()  # as if it had just been tried
+        yield _message(store, server, "T00000000001")
         self.assertIsNone(batches[-1].pipeline)
         self.assertFalse(pool.pipeline.busy() or pool.pipeline.alive())
         pool._pipeline_tried_at -= pool.WARM
@@ -262,6 +263,30 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertIs(batches[-1].pipeline, pool.pipeline)
         self.assertEqual(_select(url, "SELECT token FROM messages ORDER BY token"),
                          [("T00000000001",), ("T00000000002",), ("T00000000003",)])
+
+    @defer.inlineCallbacks
+    def test_a_refusal_on_the_pipeline_with_the_writer_lost_meanwhile_runs_again(self):
+        """The pipeline session refuses a batch (a duplicate), which was
+        rolled back whole; the writer, where it runs again write by write,
+        was lost meanwhile without the store knowing yet: the pool connects a
+        new writer and runs the batch again, and only the duplicate fails."""
+        batches = self.record_batches()
+        url, store, server, _ = yield self.with_credentials()
+        yield _message(store, server, "T00000000dup")
+        yield store._pool.pipeline.run([("SELECT 1", ())])
+        writer_pid = yield store._run(_backend_pid)
+        del batches[:]
+        # in one turn of the reactor: it cannot have noticed the hang-up
+        _select(url, "SELECT pg_terminate_backend(%s)", (writer_pid,))
+        calls = [_message(store, server, "T00000000dup"),
+                 _message(store, server, "T00000000002")]
+        results = yield defer.DeferredList(calls, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [False, True])
+        results[0][1].trap(Conflict)
+        self.assertIs(batches[0].pipeline, store._pool.pipeline)
+        self.assertNotEqual((yield store._run(_backend_pid)), writer_pid)
+        self.assertEqual(_select(url, "SELECT token FROM messages ORDER BY token"),
+                         [("T00000000002",), ("T00000000dup",)])
 
     @defer.inlineCallbacks
     def test_not_one_message_on_a_writer_inside_a_transaction_block(self):
@@ -322,6 +347,7 @@ class PostgresStoreTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_the_writer_compresses_bodies_with_lz4_where_the_server_can(self):
+        batches = self.record_batches()
         url = self.fresh_url()
         store = yield self.started(url)
         conn = psycopg2.connect(self.admin)
@@ -340,9 +366,12 @@ class PostgresStoreTests(unittest.TestCase):
         yield store.add_organization("acme", "Acme")
         server = yield store.add_server("acme", "web", "Web")
         yield store._pool.pipeline.run([("SELECT 1", ())])
+        del batches[:]
         envelope = MessageEnvelope("T00000000001", server.id, None, "a@b.example",
                                    ("r@c.example",), None, "ESMTPA")
         yield store.enqueue(envelope, io.BytesIO(b"Subject: x\r\n\r\n" + b"line\r\n" * 2000))
+        self.assertEqual([(b.pipeline is store._pool.pipeline, b.on_writer) for b in batches],
+                         [(True, False)])
         self.assertEqual(_select(url, "SELECT pg_column_compression(data) FROM message_chunks"),
                          [(expected,)])
 
