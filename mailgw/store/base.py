@@ -53,6 +53,35 @@ class InsertOne(Q):
     C{RETURNING} costs SQLite a temporary table per statement."""
 
 
+def split_placeholders(sql: str) -> list[str]:
+    """The text of C{sql} between its C{?} placeholders (one more piece than
+    placeholders); a C{?} inside a quoted literal, a quoted identifier or a
+    C{--} comment is text. Each engine joins the pieces with its own marks."""
+    pieces, current, quote, i, n = [], [], None, 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            current.append(sql[i:end])
+            i = end
+            continue
+        elif ch == "?":
+            pieces.append("".join(current))
+            current = []
+            i += 1
+            continue
+        current.append(ch)
+        i += 1
+    pieces.append("".join(current))
+    return pieces
+
+
 def key_digest(key: str) -> str:
     """What credentials are looked up by: the key itself never meets an index."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()

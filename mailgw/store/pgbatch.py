@@ -39,6 +39,7 @@ from twisted.python import failure
 from txpostgres.psycopg2_impl import psycopg2
 
 from mailgw.interfaces import StoreUnavailable
+from mailgw.store.base import split_placeholders
 from mailgw.store.pgpipe import PipelineError
 
 #: the savepoint every write of a batch runs in (one name: the next write
@@ -63,27 +64,7 @@ def to_pyformat(sql: str) -> str:
     """C{?} placeholders to psycopg2's C{%s}, with literal C{%} doubled.
 
     Quoted literals, quoted identifiers and comments keep their C{?}."""
-    out, quote, i, n = [], None, 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if quote is not None:
-            if ch == quote:
-                quote = None
-        elif ch in ("'", '"'):
-            quote = ch
-        elif ch == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            end = n if end < 0 else end
-            out.append(sql[i:end].replace("%", "%%"))
-            i = end
-            continue
-        elif ch == "?":
-            out.append("%s")
-            i += 1
-            continue
-        out.append("%%" if ch == "%" else ch)
-        i += 1
-    return "".join(out)
+    return "%s".join(piece.replace("%", "%%") for piece in split_placeholders(sql))
 
 
 def statement_text(statement) -> tuple[str, tuple | None]:

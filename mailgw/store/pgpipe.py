@@ -32,6 +32,8 @@ from psycopg import OperationalError, pq
 from psycopg.conninfo import make_conninfo
 from psycopg.adapt import PyFormat, Transformer
 
+from mailgw.store.base import split_placeholders
+
 _ExecStatus = pq.ExecStatus
 _OK = (_ExecStatus.TUPLES_OK, _ExecStatus.COMMAND_OK, _ExecStatus.EMPTY_QUERY)
 
@@ -49,28 +51,8 @@ def to_numbered(sql: str) -> str:
     """C{?} placeholders to the protocol's C{$1}, C{$2}, ...
 
     Quoted literals, quoted identifiers and comments keep their C{?}."""
-    out, quote, i, n, number = [], None, 0, len(sql), 0
-    while i < n:
-        ch = sql[i]
-        if quote is not None:
-            if ch == quote:
-                quote = None
-        elif ch in ("'", '"'):
-            quote = ch
-        elif ch == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            end = n if end < 0 else end
-            out.append(sql[i:end])
-            i = end
-            continue
-        elif ch == "?":
-            number += 1
-            out.append(f"${number}")
-            i += 1
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+    pieces = split_placeholders(sql)
+    return pieces[0] + "".join(f"${n}{piece}" for n, piece in enumerate(pieces[1:], 1))
 
 
 def _format(value) -> PyFormat:

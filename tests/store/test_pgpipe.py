@@ -2,8 +2,6 @@
 with one Sync, bodies as binary parameters, on a real PostgreSQL."""
 from __future__ import annotations
 
-import socket
-
 import psycopg2
 from twisted.internet import defer, error as ierror, reactor, task
 from twisted.trial import unittest
@@ -246,10 +244,7 @@ class ConnectFailureTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_nothing_listening_fails_with_libpqs_reason_and_leaves_nothing(self):
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = pgcluster.free_port()
         session = PipelineSession(reactor)
         error = yield self.assertFailure(
             session.connect(f"postgresql://u@127.0.0.1:{port}/db?connect_timeout=5"),
@@ -260,10 +255,7 @@ class ConnectFailureTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_the_password_stays_out_of_the_reason(self):
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = pgcluster.free_port()
         session = PipelineSession(reactor)
         error = yield self.assertFailure(
             session.connect(f"postgresql://u:s3cret-pw@127.0.0.1:{port}/db"), Exception)
