@@ -276,21 +276,20 @@ class PipelineSession:
     def close(self):
         """Hang up; a call or a connect in flight fails with
         C{ConnectionDone}."""
-        self._unwatch()
-        pgconn, self._pgconn = self._pgconn, None
-        self._prepared.clear()
-        if pgconn is not None:
-            pgconn.finish()
+        self._hang_up()
         self._fail_pending(failure.Failure(ierror.ConnectionDone("the session was closed")))
 
     def _lost(self, reason):
+        self._hang_up()
+        state = "during a call" if self._fail_pending(reason) else "while idle"
+        log.msg(f"postgresql: pipeline session lost {state}: {_first_line(str(reason.value))}")
+
+    def _hang_up(self):
         self._unwatch()
         pgconn, self._pgconn = self._pgconn, None
         self._prepared.clear()
         if pgconn is not None:
             pgconn.finish()
-        state = "during a call" if self._fail_pending(reason) else "while idle"
-        log.msg(f"postgresql: pipeline session lost {state}: {_first_line(str(reason.value))}")
 
     def _fail_pending(self, reason) -> bool:
         pending = False
